@@ -1,0 +1,124 @@
+//! The stock API: `GET /inventory/{sku}`, `PUT /inventory/{sku}`, plus `GET /healthz` and
+//! `GET /readyz`. For demos and tests; reservations happen only through messages.
+
+use std::time::Duration;
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    routing::get,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use shared::{
+    http::{
+        FieldError, JsonBody, Problem, log_server_errors, method_not_allowed_fallback,
+        not_found_fallback,
+    },
+    messages::check_identifier,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::AppState;
+
+/// Stock can be set up to this many units.
+pub const MAX_AVAILABLE: i64 = 1_000_000_000;
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct StockView {
+    pub sku: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SetStock {
+    pub available: Option<i64>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/inventory/{sku}", get(get_stock).put(set_stock))
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .fallback(not_found_fallback)
+        .method_not_allowed_fallback(method_not_allowed_fallback)
+        .layer(axum::middleware::from_fn(log_server_errors))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+fn checked_sku(sku: String) -> Result<String, Problem> {
+    check_identifier(&sku).map_err(|p| Problem::bad_request(FieldError::parameter("sku", p)))?;
+    Ok(sku)
+}
+
+async fn get_stock(
+    State(app): State<AppState>,
+    Path(sku): Path<String>,
+) -> Result<Json<StockView>, Problem> {
+    let sku = checked_sku(sku)?;
+    sqlx::query_as("SELECT sku, available, reserved, updated_at FROM inventory WHERE sku = $1")
+        .bind(&sku)
+        .fetch_optional(&app.pool)
+        .await
+        .map_err(Problem::database)?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("There is no SKU {sku}.")))
+}
+
+/// Sets the available units of a SKU, creating it if it is new. Reserved units are untouched.
+async fn set_stock(
+    State(app): State<AppState>,
+    Path(sku): Path<String>,
+    JsonBody(body): JsonBody<SetStock>,
+) -> Result<Json<StockView>, Problem> {
+    let sku = checked_sku(sku)?;
+    let available = match body.available {
+        Some(n) if (0..=MAX_AVAILABLE).contains(&n) => n,
+        Some(_) => {
+            return Err(Problem::validation(vec![FieldError::pointer(
+                "#/available",
+                format!("must be between 0 and {MAX_AVAILABLE}"),
+            )]));
+        }
+        None => {
+            return Err(Problem::validation(vec![FieldError::pointer(
+                "#/available",
+                "is required",
+            )]));
+        }
+    };
+    sqlx::query_as(
+        "INSERT INTO inventory (sku, available) VALUES ($1, $2)
+         ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, updated_at = now()
+         RETURNING sku, available, reserved, updated_at",
+    )
+    .bind(&sku)
+    .bind(available)
+    .fetch_one(&app.pool)
+    .await
+    .map(Json)
+    .map_err(Problem::database)
+}
+
+async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
+    let postgres = shared::db::ping(&app.pool).await;
+    let nats = shared::nats::is_connected(&app.nats);
+    let checks = json!({
+        "postgres": if postgres { "ok" } else { "unreachable" },
+        "nats": if nats { "ok" } else { "unreachable" },
+    });
+    if postgres && nats {
+        Ok(Json(json!({"status": "ready", "checks": checks})))
+    } else {
+        Err(Problem::unavailable(
+            "/problems/not-ready",
+            "A dependency is unreachable.",
+            Duration::from_secs(1),
+        )
+        .with_extra("checks", checks))
+    }
+}

@@ -1,0 +1,53 @@
+//! order-api's configuration: environment variables with local defaults.
+
+use std::net::SocketAddr;
+
+use shared::config::{
+    ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings,
+};
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `HTTP_ADDR` (default `127.0.0.1:8080`).
+    pub http_addr: SocketAddr,
+    pub database: DatabaseConfig,
+    pub nats: NatsConfig,
+    /// `OUTBOX_*`: the relay that publishes accepted orders.
+    pub relay: RelaySettings,
+    /// `PROJECTION_*`: the durable consumer of `order_events.>` that keeps order statuses.
+    pub projection: ConsumerSettings,
+    /// `OUTBOX_MAX_BACKLOG`: above this many unsent orders, `POST /orders` answers 503 with
+    /// `Retry-After` instead of letting the backlog grow without bound.
+    pub max_outbox_backlog: u64,
+}
+
+impl Config {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            http_addr: env.socket_addr("HTTP_ADDR", "127.0.0.1:8080")?,
+            database: DatabaseConfig::from_env(env)?,
+            nats: NatsConfig::from_env(env)?,
+            relay: RelaySettings::from_env(env)?,
+            projection: ConsumerSettings::from_env(env, "PROJECTION", "order-api-projection")?,
+            max_outbox_backlog: env.number("OUTBOX_MAX_BACKLOG", 10_000, 1..=10_000_000)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_locally() {
+        let config = Config::from_env(&Env::from_pairs([])).unwrap();
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.projection.name, "order-api-projection");
+    }
+
+    #[test]
+    fn a_bad_address_names_the_variable() {
+        let err = Config::from_env(&Env::from_pairs([("HTTP_ADDR", "localhost")])).unwrap_err();
+        assert_eq!(err.variable, "HTTP_ADDR");
+    }
+}

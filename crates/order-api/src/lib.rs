@@ -1,0 +1,147 @@
+//! order-api: accepts orders over HTTP and never loses one.
+//!
+//! `POST /orders` validates the order, then stores it **and** its `orders.new` message in one
+//! Postgres transaction (the transactional outbox), and answers `202 Accepted`. The outbox
+//! relay publishes the message to JetStream afterwards, so an order accepted while NATS is down
+//! is published once NATS is back. The order's status is a projection of the outcome events the
+//! workers publish on `order_events.>`.
+//!
+//! # Layout
+//! - [`config`]: environment variables.
+//! - [`orders`]: request validation and the order view.
+//! - [`store`]: the SQL, one function per unit of work.
+//! - [`routes`]: the HTTP API.
+//! - [`projection`]: outcome events → order status.
+//! - [`Application`]: wiring: build (connect, migrate, declare topology, bind), then run.
+
+pub mod config;
+pub mod orders;
+pub mod projection;
+pub mod routes;
+pub mod store;
+
+use std::{net::SocketAddr, time::Duration};
+
+use anyhow::Context;
+use shared::{
+    consumer::IdempotentConsumer,
+    db,
+    outbox::{OutboxBacklog, OutboxRelay, OutboxWaker},
+    shutdown::Tasks,
+    topology::{self, EVENTS_STREAM, EVENTS_SUBJECTS},
+};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// The Postgres schema order-api owns.
+pub const SCHEMA: &str = "order_api";
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/order-api");
+
+/// What request handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub nats: async_nats::Client,
+    pub outbox: OutboxWaker,
+    pub outbox_backlog: OutboxBacklog,
+    pub max_outbox_backlog: u64,
+}
+
+/// A built order-api: connected, migrated, topology declared, listener bound.
+#[derive(Debug)]
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    relay: OutboxRelay,
+    projection: IdempotentConsumer<projection::StatusProjection>,
+}
+
+impl Application {
+    /// Connects to Postgres (creating and migrating the schema) and NATS (declaring streams and
+    /// the projection's consumer), and binds the HTTP listener. Use port 0 for a free port.
+    pub async fn build(config: Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        let pool = db::connect_and_migrate(&config.database, SCHEMA, &MIGRATIONS).await?;
+        let (client, jetstream) = shared::nats::connect(&config.nats, "order-api", shutdown)
+            .await
+            .context("stopped before NATS was reachable")?;
+        topology::ensure_streams(&jetstream, &config.nats).await?;
+        let consumer = topology::ensure_consumer(
+            &jetstream,
+            EVENTS_STREAM,
+            EVENTS_SUBJECTS,
+            &config.projection,
+        )
+        .await?;
+
+        let relay = OutboxRelay::new(pool.clone(), jetstream, config.relay.clone());
+        let projection = IdempotentConsumer::new(
+            consumer,
+            pool.clone(),
+            projection::StatusProjection,
+            config.projection.clone(),
+        );
+        let listener = TcpListener::bind(config.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
+        let state = AppState {
+            pool,
+            nats: client,
+            outbox: relay.waker(),
+            outbox_backlog: relay.backlog(),
+            max_outbox_backlog: config.max_outbox_backlog,
+        };
+        Ok(Self {
+            listener,
+            state,
+            relay,
+            projection,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    /// Serves HTTP and runs the relay and the projection until `shutdown` is cancelled.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "order-api listening");
+        let mut tasks = Tasks::new(shutdown.clone());
+        let app = routes::router(self.state.clone());
+        let listener = self.listener;
+        let stop = shutdown.clone();
+        tasks.spawn("http", async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await?;
+            Ok(())
+        });
+        let stop = shutdown.clone();
+        tasks.spawn("outbox relay", async move {
+            self.relay.run(stop).await;
+            Ok(())
+        });
+        let stop = shutdown.clone();
+        tasks.spawn("status projection", async move {
+            self.projection.run(stop).await;
+            Ok(())
+        });
+        let result = tasks.run_until_stopped(Duration::from_secs(15)).await;
+        // Acks and publishes still buffered in the client go out before the process exits.
+        self.state.nats.flush().await.ok();
+        result
+    }
+}
+
+/// Builds and runs order-api until `shutdown` is cancelled.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    Application::build(config, &shutdown)
+        .await?
+        .run_until_stopped(shutdown)
+        .await
+}

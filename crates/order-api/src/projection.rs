@@ -1,0 +1,72 @@
+//! The order status projection: order-api's own view of what happened to each order.
+//!
+//! order-api never reads the workers' tables. It consumes the outcome events on
+//! `order_events.>` (durable consumer `order-api-projection`) and updates its `orders` table,
+//! idempotently, with the same [`IdempotentConsumer`](shared::consumer::IdempotentConsumer) the
+//! inventory-worker uses: a redelivered event finds its ID in `processed_messages` and changes
+//! nothing.
+
+use shared::{
+    consumer::{Delivery, Handler, Verdict},
+    messages::OrderEvent,
+};
+use sqlx::PgConnection;
+
+use crate::orders::OrderStatus;
+
+/// Applies outcome events to `orders.status`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StatusProjection;
+
+/// What one event did to the order it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusChange {
+    Updated(OrderStatus),
+    /// The order is unknown here or already in a final state.
+    Unchanged,
+}
+
+impl Handler for StatusProjection {
+    type Message = OrderEvent;
+    type Outcome = StatusChange;
+
+    fn prepare(&self, delivery: &Delivery) -> Verdict<OrderEvent> {
+        match OrderEvent::decode(&delivery.envelope.event_type, &delivery.message.payload) {
+            Ok(event) => Verdict::Process(event),
+            Err(err) => Verdict::Poison(err.to_string()),
+        }
+    }
+
+    async fn apply(
+        &self,
+        tx: &mut PgConnection,
+        events: &[&OrderEvent],
+    ) -> Result<Vec<StatusChange>, sqlx::Error> {
+        let mut changes = Vec::with_capacity(events.len());
+        for event in events {
+            let (status, reason) = match event {
+                OrderEvent::Reserved(_) => (OrderStatus::Reserved, None),
+                OrderEvent::Rejected(e) => (OrderStatus::Rejected, Some(e.reason.as_str())),
+            };
+            // Allowed moves: pending → any outcome; dead_lettered → reserved/rejected (after a
+            // replay). reserved and rejected are final.
+            let updated = sqlx::query(
+                "UPDATE orders SET status = $2, reason = $3, updated_at = now()
+                 WHERE id = $1
+                   AND (status = 'pending'
+                        OR (status = 'dead_lettered' AND $2 IN ('reserved', 'rejected')))",
+            )
+            .bind(event.order_id())
+            .bind(status)
+            .bind(reason)
+            .execute(&mut *tx)
+            .await?;
+            changes.push(if updated.rows_affected() == 1 {
+                StatusChange::Updated(status)
+            } else {
+                StatusChange::Unchanged
+            });
+        }
+        Ok(changes)
+    }
+}

@@ -1,0 +1,87 @@
+//! order-api's SQL. Each function is one unit of work.
+
+use chrono::Utc;
+use shared::{
+    messages::{OrderPlaced, OutgoingMessage, PAYLOAD_VERSION},
+    outbox,
+};
+use sqlx::{PgPool, types::Json};
+use uuid::Uuid;
+
+use crate::orders::{NewOrder, OrderView};
+
+/// The name this service puts in `ce-source`.
+pub const SOURCE: &str = "order-api";
+
+/// What placing an order did.
+#[derive(Debug)]
+pub enum Placed {
+    /// A new order, stored with its `orders.new` message in the outbox.
+    Created(OrderView),
+    /// The idempotency key was used before, for this same order: nothing new was stored.
+    Replayed(OrderView),
+    /// The idempotency key was used before, for a different order.
+    KeyReused,
+}
+
+/// Stores a new order and its `orders.new` message **in one transaction**: both or neither.
+///
+/// With an idempotency key, two requests racing with the same key cannot both insert: the
+/// unique index makes the second `INSERT` wait for the first transaction and then do nothing,
+/// after which it reads the winner's order.
+pub async fn place_order(
+    pool: &PgPool,
+    order: &NewOrder,
+    idempotency_key: Option<&str>,
+) -> Result<Placed, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let now = Utc::now();
+    let inserted: Option<OrderView> = sqlx::query_as(
+        "INSERT INTO orders (id, customer_id, items, idempotency_key, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $5)
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING id, status, customer_id, items, reason, created_at, updated_at",
+    )
+    .bind(Uuid::now_v7())
+    .bind(&order.customer_id)
+    .bind(Json(&order.items))
+    .bind(idempotency_key)
+    .bind(now)
+    .fetch_optional(&mut *tx)
+    .await?;
+
+    let Some(view) = inserted else {
+        let existing: OrderView = sqlx::query_as(
+            "SELECT id, status, customer_id, items, reason, created_at, updated_at
+             FROM orders WHERE idempotency_key = $1",
+        )
+        .bind(idempotency_key)
+        .fetch_one(&mut *tx)
+        .await?;
+        return Ok(if existing.matches(order) {
+            Placed::Replayed(existing)
+        } else {
+            Placed::KeyReused
+        });
+    };
+
+    let event = OrderPlaced {
+        version: PAYLOAD_VERSION,
+        order_id: view.order_id,
+        customer_id: view.customer_id.clone(),
+        items: view.items.clone(),
+        placed_at: now,
+    };
+    outbox::enqueue(&mut tx, &[OutgoingMessage::event(&event, SOURCE)]).await?;
+    tx.commit().await?;
+    Ok(Placed::Created(view))
+}
+
+pub async fn find_order(pool: &PgPool, id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, status, customer_id, items, reason, created_at, updated_at FROM orders WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}

@@ -1,0 +1,487 @@
+//! Configuration from environment variables, with local defaults.
+//!
+//! Every service builds its `Config` at start-up through an [`Env`], so a bad value stops the
+//! service before it touches NATS or Postgres, with an error that names the variable:
+//!
+//! ```text
+//! invalid configuration: WORKER_MAX_DELIVER="zero": expected a whole number
+//! ```
+//!
+//! [`Env`] reads through a lookup function rather than `std::env` directly, so tests can build a
+//! configuration from a map without touching the process environment.
+
+use std::{collections::HashMap, fmt::Display, net::SocketAddr, str::FromStr, time::Duration};
+
+/// A variable that is set but cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {variable}={value:?}: {problem}")]
+pub struct ConfigError {
+    pub variable: String,
+    pub value: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(variable: &str, value: &str, problem: impl Display) -> Self {
+        Self {
+            variable: variable.to_owned(),
+            value: value.to_owned(),
+            problem: problem.to_string(),
+        }
+    }
+}
+
+type Lookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Where configuration values come from: the process environment, or a map in tests.
+pub struct Env {
+    lookup: Lookup,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Env")
+    }
+}
+
+impl Env {
+    /// The process environment. Empty values count as unset, as in most shells' `${VAR:-default}`.
+    pub fn from_process() -> Self {
+        Self {
+            lookup: Box::new(|name| std::env::var(name).ok()),
+        }
+    }
+
+    pub fn from_map(map: HashMap<String, String>) -> Self {
+        Self {
+            lookup: Box::new(move |name| map.get(name).cloned()),
+        }
+    }
+
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
+        Self::from_map(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        )
+    }
+
+    /// The raw value, if set and not empty.
+    pub fn raw(&self, name: &str) -> Option<String> {
+        (self.lookup)(name).filter(|v| !v.trim().is_empty())
+    }
+
+    pub fn string(&self, name: &str, default: &str) -> String {
+        self.raw(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// Any type with a `FromStr` (numbers, addresses, …).
+    pub fn parse<T>(&self, name: &str, default: T) -> Result<T, ConfigError>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(value) => value
+                .trim()
+                .parse()
+                .map_err(|err| ConfigError::new(name, &value, err)),
+        }
+    }
+
+    /// A whole number within `range`.
+    pub fn number<T>(
+        &self,
+        name: &str,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError>
+    where
+        T: FromStr + PartialOrd + Display + Copy,
+    {
+        let value = match self.raw(name) {
+            None => return Ok(default),
+            Some(value) => value,
+        };
+        let number: T = value
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::new(name, &value, "expected a whole number"))?;
+        if !range.contains(&number) {
+            return Err(ConfigError::new(
+                name,
+                &value,
+                format!("must be between {} and {}", range.start(), range.end()),
+            ));
+        }
+        Ok(number)
+    }
+
+    /// A fraction between 0.0 and 1.0, e.g. a failure rate.
+    pub fn fraction(&self, name: &str, default: f64) -> Result<f64, ConfigError> {
+        let value = match self.raw(name) {
+            None => return Ok(default),
+            Some(value) => value,
+        };
+        match value.trim().parse::<f64>() {
+            Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
+            _ => Err(ConfigError::new(
+                name,
+                &value,
+                "expected a number between 0.0 and 1.0",
+            )),
+        }
+    }
+
+    pub fn socket_addr(&self, name: &str, default: &str) -> Result<SocketAddr, ConfigError> {
+        let value = self.string(name, default);
+        value
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::new(name, &value, "expected host:port, e.g. 127.0.0.1:8080"))
+    }
+
+    /// A duration such as `500ms`, `2s`, `5m`, `1h` or `7d`.
+    pub fn duration(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(value) => {
+                parse_duration(&value).map_err(|problem| ConfigError::new(name, &value, problem))
+            }
+        }
+    }
+
+    /// A comma-separated list of durations, e.g. `1s,2s,4s`.
+    pub fn durations(
+        &self,
+        name: &str,
+        default: &[Duration],
+    ) -> Result<Vec<Duration>, ConfigError> {
+        match self.raw(name) {
+            None => Ok(default.to_vec()),
+            Some(value) => value
+                .split(',')
+                .map(|part| parse_duration(part).map_err(|p| ConfigError::new(name, &value, p)))
+                .collect(),
+        }
+    }
+
+    /// A size in bytes: `1048576`, `512KiB`, `256MiB`, `1GiB`.
+    pub fn bytes(&self, name: &str, default: u64) -> Result<u64, ConfigError> {
+        match self.raw(name) {
+            None => Ok(default),
+            Some(value) => {
+                parse_bytes(&value).map_err(|problem| ConfigError::new(name, &value, problem))
+            }
+        }
+    }
+}
+
+/// Parses `250ms`, `2s`, `5m`, `1h`, `7d`. A bare number is rejected: the unit is the point.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| "expected a number with a unit: ms, s, m, h or d (e.g. 2s)".to_owned())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| "expected a number with a unit: ms, s, m, h or d (e.g. 2s)".to_owned())?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        other => return Err(format!("unknown unit {other:?}: use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_millis(number.saturating_mul(millis)))
+}
+
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| "expected a size such as 1048576, 512KiB or 256MiB".to_owned())?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: use B, KiB, MiB or GiB")),
+    };
+    Ok(number.saturating_mul(factor))
+}
+
+/// Where and how to reach Postgres. Each service owns one schema of the one database.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`. The database is created if missing.
+    pub url: String,
+    /// `DATABASE_MAX_CONNECTIONS`.
+    pub max_connections: u32,
+}
+
+impl DatabaseConfig {
+    pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
+
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let url = env.string("DATABASE_URL", Self::DEFAULT_URL);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                &url,
+                "expected postgres://user[:password]@host:port/database",
+            ));
+        }
+        url.parse::<sqlx::postgres::PgConnectOptions>()
+            .map_err(|err| ConfigError::new("DATABASE_URL", &url, err))?;
+        Ok(Self {
+            url,
+            max_connections: env.number("DATABASE_MAX_CONNECTIONS", 10, 1..=1000)?,
+        })
+    }
+}
+
+/// How to reach NATS and the shape of the streams every service relies on.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// `NATS_URL`.
+    pub url: String,
+    pub orders_stream: OrdersStreamSettings,
+    pub events_stream: EventsStreamSettings,
+}
+
+impl NatsConfig {
+    pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let url = env.string("NATS_URL", Self::DEFAULT_URL);
+        if !(url.starts_with("nats://") || url.starts_with("tls://") || url.contains(':')) {
+            return Err(ConfigError::new(
+                "NATS_URL",
+                &url,
+                "expected a server address such as nats://127.0.0.1:4222",
+            ));
+        }
+        Ok(Self {
+            url,
+            orders_stream: OrdersStreamSettings::from_env(env)?,
+            events_stream: EventsStreamSettings::from_env(env)?,
+        })
+    }
+}
+
+/// Limits of the `orders_stream` work queue (the seed article's values by default).
+///
+/// All services that declare the stream must agree on these: each one updates the stream to its
+/// own values at start-up.
+#[derive(Debug, Clone)]
+pub struct OrdersStreamSettings {
+    /// `ORDERS_STREAM_MAX_BYTES`: with `discard: new`, a full stream refuses new orders instead of
+    /// dropping old ones; the outbox then holds them (backpressure, not loss).
+    pub max_bytes: u64,
+    /// `ORDERS_STREAM_MAX_MSG_SIZE`.
+    pub max_message_size: u64,
+    /// `ORDERS_STREAM_DUPLICATE_WINDOW`: how long the broker remembers `Nats-Msg-Id`s.
+    pub duplicate_window: Duration,
+}
+
+impl OrdersStreamSettings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_bytes: env.bytes("ORDERS_STREAM_MAX_BYTES", 256 << 20)?,
+            max_message_size: env.bytes("ORDERS_STREAM_MAX_MSG_SIZE", 1 << 20)?,
+            duplicate_window: env
+                .duration("ORDERS_STREAM_DUPLICATE_WINDOW", Duration::from_secs(120))?,
+        })
+    }
+}
+
+/// Limits of the `order_events` stream.
+#[derive(Debug, Clone)]
+pub struct EventsStreamSettings {
+    /// `EVENTS_STREAM_MAX_AGE`: events are history; a week of it is kept.
+    pub max_age: Duration,
+    /// `EVENTS_STREAM_MAX_BYTES`.
+    pub max_bytes: u64,
+}
+
+impl EventsStreamSettings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_age: env.duration("EVENTS_STREAM_MAX_AGE", Duration::from_secs(7 * 24 * 3600))?,
+            max_bytes: env.bytes("EVENTS_STREAM_MAX_BYTES", 1 << 30)?,
+        })
+    }
+}
+
+/// Settings of the outbox relay every service runs (see [`crate::outbox`]).
+#[derive(Debug, Clone)]
+pub struct RelaySettings {
+    /// `OUTBOX_BATCH_SIZE`: rows claimed and published per round trip.
+    pub batch_size: u32,
+    /// `OUTBOX_POLL_INTERVAL`: how often the relay looks for rows nobody woke it for
+    /// (rows left by a crashed replica, or written by another process).
+    pub poll_interval: Duration,
+    /// `OUTBOX_RETRY_MAX`: the longest pause between attempts while NATS is unreachable.
+    pub retry_max: Duration,
+    /// `OUTBOX_RETENTION`: how long sent rows are kept for inspection before they are pruned.
+    pub retention: Duration,
+}
+
+impl RelaySettings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            batch_size: env.number("OUTBOX_BATCH_SIZE", 256, 1..=5_000)?,
+            poll_interval: env.duration("OUTBOX_POLL_INTERVAL", Duration::from_secs(1))?,
+            retry_max: env.duration("OUTBOX_RETRY_MAX", Duration::from_secs(5))?,
+            retention: env.duration("OUTBOX_RETENTION", Duration::from_secs(24 * 3600))?,
+        })
+    }
+}
+
+/// Settings of a durable pull consumer run by [`crate::consumer::IdempotentConsumer`].
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Durable consumer name; also the key under which processed message IDs are recorded.
+    pub name: String,
+    /// Most messages handled in one database transaction.
+    pub batch_size: usize,
+    /// Deliveries before JetStream gives up on a message and emits a MAX_DELIVERIES advisory.
+    pub max_deliver: i64,
+    /// Pause before each redelivery: used as the consumer's `backoff` (after an ack timeout,
+    /// e.g. a crashed worker) and as the delay of our own naks (after a failed attempt).
+    /// The first value is also the ack wait.
+    pub backoff: Vec<Duration>,
+    /// Most messages delivered and not yet acknowledged, across all processes sharing the consumer.
+    pub max_ack_pending: i64,
+}
+
+impl ConsumerSettings {
+    /// Reads `{prefix}_CONSUMER`, `{prefix}_BATCH_SIZE`, `{prefix}_MAX_DELIVER`, `{prefix}_BACKOFF`
+    /// and `{prefix}_MAX_ACK_PENDING`.
+    pub fn from_env(env: &Env, prefix: &str, default_name: &str) -> Result<Self, ConfigError> {
+        let var = |suffix: &str| format!("{prefix}_{suffix}");
+        let name = env.string(&var("CONSUMER"), default_name);
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(ConfigError::new(
+                &var("CONSUMER"),
+                &name,
+                "use letters, digits, '-' and '_' only",
+            ));
+        }
+        let max_deliver = env.number(&var("MAX_DELIVER"), 5, 1..=1_000)?;
+        // Defaults: 5 deliveries, 2+4+6+8 = 20 s of pauses, so a message that always fails is
+        // dead-lettered about 20 s after it was first delivered.
+        let backoff = env.durations(&var("BACKOFF"), &[2, 4, 6, 8].map(Duration::from_secs))?;
+        if backoff.is_empty() || backoff.iter().any(Duration::is_zero) {
+            return Err(ConfigError::new(
+                &var("BACKOFF"),
+                &env.string(&var("BACKOFF"), ""),
+                "every pause must be longer than zero",
+            ));
+        }
+        // JetStream rejects a backoff list that is not shorter than max_deliver.
+        if backoff.len() as i64 >= max_deliver {
+            return Err(ConfigError::new(
+                &var("BACKOFF"),
+                &env.string(&var("BACKOFF"), ""),
+                format!(
+                    "must list fewer pauses than {} ({max_deliver})",
+                    var("MAX_DELIVER")
+                ),
+            ));
+        }
+        Ok(Self {
+            name,
+            batch_size: env.number(&var("BATCH_SIZE"), 100, 1..=1_000)?,
+            max_deliver,
+            backoff,
+            max_ack_pending: env.number(&var("MAX_ACK_PENDING"), 1_000, 1..=100_000)?,
+        })
+    }
+
+    /// The pause before the next delivery, after `attempt` deliveries (1-based) failed.
+    pub fn delay_after(&self, attempt: u64) -> Duration {
+        let index = (attempt.max(1) - 1) as usize;
+        self.backoff[index.min(self.backoff.len() - 1)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_need_a_unit() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration(" 2s "), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("2").is_err());
+        assert!(parse_duration("2 weeks").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn sizes_accept_binary_units() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("256MiB"), Ok(256 << 20));
+        assert!(parse_bytes("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn an_error_names_the_variable_and_the_rule() {
+        let env = Env::from_pairs([("WORKER_MAX_DELIVER", "zero")]);
+        let err = ConsumerSettings::from_env(&env, "WORKER", "w").unwrap_err();
+        assert_eq!(err.variable, "WORKER_MAX_DELIVER");
+        assert!(
+            err.to_string().contains("WORKER_MAX_DELIVER=\"zero\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_backoff_list_must_be_shorter_than_max_deliver() {
+        let env = Env::from_pairs([("WORKER_MAX_DELIVER", "3"), ("WORKER_BACKOFF", "1s,2s,3s")]);
+        let err = ConsumerSettings::from_env(&env, "WORKER", "w").unwrap_err();
+        assert_eq!(err.variable, "WORKER_BACKOFF");
+    }
+
+    #[test]
+    fn default_retries_dead_letter_within_thirty_seconds() {
+        let settings = ConsumerSettings::from_env(&Env::from_pairs([]), "WORKER", "w").unwrap();
+        let pauses: Duration = (1..settings.max_deliver as u64)
+            .map(|attempt| settings.delay_after(attempt))
+            .sum();
+        assert!(pauses < Duration::from_secs(30), "{pauses:?}");
+        // After the last listed pause, the last one repeats.
+        assert_eq!(settings.delay_after(99), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn empty_values_count_as_unset() {
+        let env = Env::from_pairs([("NATS_URL", "  ")]);
+        assert_eq!(
+            NatsConfig::from_env(&env).unwrap().url,
+            NatsConfig::DEFAULT_URL
+        );
+    }
+
+    #[test]
+    fn a_bad_database_url_is_refused_at_start_up() {
+        let env = Env::from_pairs([("DATABASE_URL", "mysql:/nope")]);
+        let err = DatabaseConfig::from_env(&env).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_URL");
+    }
+}

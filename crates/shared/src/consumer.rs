@@ -1,0 +1,459 @@
+//! The idempotent consumer: at-least-once delivery made safe.
+//!
+//! JetStream delivers every message *at least* once: a worker that crashes before acknowledging
+//! gets its messages redelivered to another, and a publisher that retries may store a message
+//! twice. Exactly-once delivery is not on offer, so exactly-once *effects* are built here:
+//!
+//! 1. Pull a batch of messages (several processes share one durable consumer: a work queue).
+//! 2. [`Handler::prepare`] each one without I/O: decode it, or decide it must be retried or is
+//!    poison.
+//! 3. In **one transaction**: insert the logical IDs (`ce-id`) into `processed_messages` with
+//!    `ON CONFLICT DO NOTHING RETURNING`. IDs that come back are new; the others were applied
+//!    before: duplicates. [`Handler::apply`] applies only the new ones, writing any outcome events
+//!    to the outbox in the same transaction.
+//! 4. Commit, **then** acknowledge. A crash before the commit means redelivery, never loss; a
+//!    crash after it means a redelivery that step 3 recognises as a duplicate.
+//!
+//! A batch shares one commit (the expensive part of a Postgres write), so throughput scales with
+//! batch size while each message keeps its own all-or-nothing effect.
+//!
+//! Failures: a message whose attempt fails is negatively acknowledged with a delay from the
+//! consumer's backoff list, so retries are spaced out; after `max_deliver` attempts JetStream
+//! gives up and emits a MAX_DELIVERIES advisory. If Postgres itself is unreachable, the batch is
+//! nak'ed and the consumer **stops pulling** until Postgres answers again, so an outage does not
+//! burn every message's delivery attempts.
+
+use std::{collections::HashSet, fmt::Debug, future::Future, time::Duration};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use sqlx::{PgConnection, PgPool};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::{config::ConsumerSettings, db, messages::Envelope, outbox::OutboxWaker};
+
+/// One delivery of a message, with what the consumer needs to know about it.
+#[derive(Debug)]
+pub struct Delivery {
+    pub message: jetstream::Message,
+    /// The CloudEvents attributes; `envelope.id` is the idempotency key.
+    pub envelope: Envelope,
+    /// 1 on the first delivery, 2 on the first redelivery, …
+    pub attempt: u64,
+    pub stream_sequence: u64,
+}
+
+/// What [`Handler::prepare`] decides about a delivery before any database work.
+#[derive(Debug)]
+pub enum Verdict<M> {
+    /// Decoded; apply it (unless it is a duplicate).
+    Process(M),
+    /// This attempt fails; try again after a pause.
+    Retry(String),
+    /// Cannot be processed, however often it is retried.
+    Poison(String),
+}
+
+/// The service-specific part of a consumer.
+pub trait Handler: Send + Sync + 'static {
+    /// A decoded message.
+    type Message: Send + Sync;
+    /// What applying one message did, for logs, metrics and tests.
+    type Outcome: Send + Debug;
+
+    /// Decodes a delivery and decides whether to process it. Must not do I/O.
+    fn prepare(&self, delivery: &Delivery) -> Verdict<Self::Message>;
+
+    /// Applies messages that have not been applied before, inside the batch's transaction.
+    /// Returns one outcome per message, in order. May be called again with the same messages
+    /// if the transaction hit a deadlock and was rolled back.
+    fn apply(
+        &self,
+        tx: &mut PgConnection,
+        messages: &[&Self::Message],
+    ) -> impl Future<Output = Result<Vec<Self::Outcome>, sqlx::Error>> + Send;
+}
+
+/// What happened to one delivery.
+#[derive(Debug)]
+pub enum Disposition<O> {
+    /// Applied in this batch's transaction, then acknowledged.
+    Applied(O),
+    /// Its logical ID was already recorded: acknowledged, nothing changed.
+    Duplicate,
+    /// This attempt failed: negatively acknowledged, redelivered after `delay`.
+    Retry { reason: String, delay: Duration },
+    /// Unreadable: left for JetStream to give up on (it stays in the stream).
+    Poison { reason: String },
+}
+
+#[derive(Debug)]
+pub struct Processed<O> {
+    pub stream_sequence: u64,
+    pub message_id: Option<Uuid>,
+    pub disposition: Disposition<O>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("Postgres is unavailable; the batch was returned to JetStream")]
+    DatabaseUnavailable(#[source] sqlx::Error),
+}
+
+/// Runs a [`Handler`] over a durable pull consumer. See the module docs.
+#[derive(Debug)]
+pub struct IdempotentConsumer<H> {
+    consumer: PullConsumer,
+    pool: PgPool,
+    handler: H,
+    settings: ConsumerSettings,
+    outbox: Option<OutboxWaker>,
+}
+
+impl<H: Handler> IdempotentConsumer<H> {
+    pub fn new(
+        consumer: PullConsumer,
+        pool: PgPool,
+        handler: H,
+        settings: ConsumerSettings,
+    ) -> Self {
+        Self {
+            consumer,
+            pool,
+            handler,
+            settings,
+            outbox: None,
+        }
+    }
+
+    /// Wake this outbox relay after every commit (the handler writes outcome events).
+    pub fn with_outbox(mut self, waker: OutboxWaker) -> Self {
+        self.outbox = Some(waker);
+        self
+    }
+
+    /// Pulls and processes batches until `shutdown` is cancelled. The batch in hand when it is
+    /// cancelled is finished and acknowledged first.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let name = &self.settings.name;
+        while !shutdown.is_cancelled() {
+            let messages = self
+                .consumer
+                .stream()
+                .max_messages_per_batch(self.settings.batch_size)
+                .expires(Duration::from_secs(30))
+                .heartbeat(Duration::from_secs(5))
+                .messages()
+                .await;
+            let messages = match messages {
+                Ok(messages) => messages,
+                Err(err) => {
+                    tracing::warn!(consumer = %name, error = %err, "could not start pulling; retrying");
+                    sleep_or_cancel(Duration::from_secs(1), &shutdown).await;
+                    continue;
+                }
+            };
+            // Micro-batching: wait for one message, then take whatever else has already arrived.
+            let mut batches = messages.ready_chunks(self.settings.batch_size);
+            loop {
+                let batch = tokio::select! {
+                    biased;
+                    _ = shutdown.cancelled() => return,
+                    batch = batches.next() => batch,
+                };
+                let Some(batch) = batch else { break }; // The pull ended; start a new one.
+                let mut received = Vec::with_capacity(batch.len());
+                for item in batch {
+                    match item {
+                        Ok(message) => received.push(message),
+                        Err(err) => tracing::debug!(consumer = %name, error = %err, "pull status"),
+                    }
+                }
+                if received.is_empty() {
+                    continue;
+                }
+                if let Err(ConsumerError::DatabaseUnavailable(err)) = self.process(received).await {
+                    tracing::warn!(
+                        consumer = %name,
+                        error = %err,
+                        "Postgres is unavailable: stopped pulling until it is back"
+                    );
+                    // Dropping the pull stops deliveries; what is still queued for this
+                    // consumer stays in the stream and keeps its remaining attempts.
+                    drop(batches);
+                    self.wait_for_database(&shutdown).await;
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Processes one batch of received messages: prepare, apply in one transaction, commit,
+    /// then acknowledge. Public so tests can drive the consumer one batch at a time.
+    pub async fn process(
+        &self,
+        received: Vec<jetstream::Message>,
+    ) -> Result<Vec<Processed<H::Outcome>>, ConsumerError> {
+        let mut to_apply: Vec<(Delivery, H::Message)> = Vec::new();
+        let mut done: Vec<(jetstream::Message, Processed<H::Outcome>)> = Vec::new();
+
+        for message in received {
+            let (attempt, stream_sequence) = match message.info() {
+                Ok(info) => (
+                    u64::try_from(info.delivered).unwrap_or(1),
+                    info.stream_sequence,
+                ),
+                Err(_) => (1, 0),
+            };
+            let envelope = match Envelope::from_headers(message.headers.as_ref()) {
+                Ok(envelope) => envelope,
+                Err(err) => {
+                    let processed = self.poison(stream_sequence, None, err);
+                    done.push((message, processed));
+                    continue;
+                }
+            };
+            let delivery = Delivery {
+                message,
+                envelope,
+                attempt,
+                stream_sequence,
+            };
+            match self.handler.prepare(&delivery) {
+                Verdict::Process(decoded) => to_apply.push((delivery, decoded)),
+                Verdict::Retry(reason) => {
+                    let delay = self.settings.delay_after(attempt);
+                    let processed = Processed {
+                        stream_sequence,
+                        message_id: Some(delivery.envelope.id),
+                        disposition: Disposition::Retry { reason, delay },
+                    };
+                    done.push((delivery.message, processed));
+                }
+                Verdict::Poison(reason) => {
+                    let processed =
+                        self.poison(stream_sequence, Some(delivery.envelope.id), reason);
+                    done.push((delivery.message, processed));
+                }
+            }
+        }
+
+        let applied = match self.apply(&to_apply).await {
+            Ok(applied) => applied,
+            Err(err) => {
+                // Nothing was committed: hand every message back, after a pause.
+                for (delivery, _) in &to_apply {
+                    self.nak(
+                        &delivery.message,
+                        self.settings.delay_after(delivery.attempt),
+                    )
+                    .await;
+                }
+                for (message, processed) in &done {
+                    self.settle(message, &processed.disposition).await;
+                }
+                return Err(ConsumerError::DatabaseUnavailable(err));
+            }
+        };
+        if let Some(waker) = &self.outbox
+            && applied.iter().any(|d| matches!(d, Disposition::Applied(_)))
+        {
+            waker.wake();
+        }
+
+        // The transaction is committed: only now acknowledge.
+        for ((delivery, _), disposition) in to_apply.into_iter().zip(applied) {
+            let processed = Processed {
+                stream_sequence: delivery.stream_sequence,
+                message_id: Some(delivery.envelope.id),
+                disposition,
+            };
+            done.push((delivery.message, processed));
+        }
+        let mut report = Vec::with_capacity(done.len());
+        for (message, processed) in done {
+            self.settle(&message, &processed.disposition).await;
+            report.push(processed);
+        }
+        Ok(report)
+    }
+
+    /// Records the batch's IDs and applies the new messages in one transaction, retrying on
+    /// deadlocks. If the batch fails for another reason, each message is tried alone, so one
+    /// message the database refuses cannot sink the others.
+    async fn apply(
+        &self,
+        batch: &[(Delivery, H::Message)],
+    ) -> Result<Vec<Disposition<H::Outcome>>, sqlx::Error> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let err = match self.apply_in_transaction(batch).await {
+            Ok(dispositions) => return Ok(dispositions),
+            Err(err) if db::is_unavailable(&err) => return Err(err),
+            Err(err) => err,
+        };
+        if let [(delivery, _)] = batch {
+            return Ok(vec![self.refused(delivery, &err)]);
+        }
+        tracing::warn!(error = %err, size = batch.len(), "batch failed; applying its messages one by one");
+        let mut dispositions = Vec::with_capacity(batch.len());
+        for one in batch.chunks(1) {
+            match self.apply_in_transaction(one).await {
+                Ok(mut applied) => dispositions.append(&mut applied),
+                Err(err) if db::is_unavailable(&err) => return Err(err),
+                Err(err) => dispositions.push(self.refused(&one[0].0, &err)),
+            }
+        }
+        Ok(dispositions)
+    }
+
+    /// A message the database refused: retried after a pause, like any failed attempt.
+    fn refused(&self, delivery: &Delivery, err: &sqlx::Error) -> Disposition<H::Outcome> {
+        Disposition::Retry {
+            reason: format!("database refused the message: {err}"),
+            delay: self.settings.delay_after(delivery.attempt),
+        }
+    }
+
+    async fn apply_in_transaction(
+        &self,
+        batch: &[(Delivery, H::Message)],
+    ) -> Result<Vec<Disposition<H::Outcome>>, sqlx::Error> {
+        let mut ids: Vec<Uuid> = batch.iter().map(|(d, _)| d.envelope.id).collect();
+        ids.sort_unstable(); // One lock order for every worker: no deadlocks between batches.
+        ids.dedup();
+
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let mut tx = self.pool.begin().await?;
+            let result = async {
+                let new_ids: HashSet<Uuid> = sqlx::query_scalar(
+                    "INSERT INTO processed_messages (consumer, message_id)
+                     SELECT $1, id FROM unnest($2::uuid[]) AS id
+                     ON CONFLICT DO NOTHING
+                     RETURNING message_id",
+                )
+                .bind(&self.settings.name)
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
+
+                // The first copy of a new ID is applied; any other copy is a duplicate.
+                let mut first_seen = HashSet::new();
+                let is_new: Vec<bool> = batch
+                    .iter()
+                    .map(|(d, _)| {
+                        new_ids.contains(&d.envelope.id) && first_seen.insert(d.envelope.id)
+                    })
+                    .collect();
+                let fresh: Vec<&H::Message> = batch
+                    .iter()
+                    .zip(&is_new)
+                    .filter(|(_, new)| **new)
+                    .map(|((_, m), _)| m)
+                    .collect();
+                let outcomes = self.handler.apply(&mut tx, &fresh).await?;
+                assert_eq!(
+                    outcomes.len(),
+                    fresh.len(),
+                    "Handler::apply must return one outcome per message"
+                );
+                let mut outcomes = outcomes.into_iter();
+                let mut dispositions = Vec::with_capacity(batch.len());
+                for new in is_new {
+                    dispositions.push(match new {
+                        true => outcomes
+                            .next()
+                            .map_or(Disposition::Duplicate, Disposition::Applied),
+                        false => Disposition::Duplicate,
+                    });
+                }
+                Ok::<_, sqlx::Error>(dispositions)
+            }
+            .await;
+            match result {
+                Ok(dispositions) => {
+                    tx.commit().await?;
+                    return Ok(dispositions);
+                }
+                Err(err) if db::is_retryable_conflict(&err) && tries < 3 => {
+                    tracing::debug!(error = %err, "transaction conflict; retrying the batch");
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    fn poison(
+        &self,
+        stream_sequence: u64,
+        message_id: Option<Uuid>,
+        reason: impl ToString,
+    ) -> Processed<H::Outcome> {
+        Processed {
+            stream_sequence,
+            message_id,
+            disposition: Disposition::Poison {
+                reason: reason.to_string(),
+            },
+        }
+    }
+
+    /// Tells JetStream what became of a delivery.
+    async fn settle(&self, message: &jetstream::Message, disposition: &Disposition<H::Outcome>) {
+        let consumer = &self.settings.name;
+        match disposition {
+            Disposition::Applied(_) | Disposition::Duplicate => {
+                // Not waiting for the server's confirmation: if this ack is lost, the message
+                // comes back and is recognised as a duplicate.
+                if let Err(err) = message.ack().await {
+                    tracing::warn!(%consumer, error = %err, "ack failed; the message will be redelivered");
+                }
+            }
+            Disposition::Retry { reason, delay } => {
+                tracing::info!(%consumer, %reason, retry_in = ?delay, "attempt failed; will retry");
+                self.nak(message, *delay).await;
+            }
+            Disposition::Poison { reason } => {
+                let sequence = message
+                    .info()
+                    .map(|i| i.stream_sequence)
+                    .unwrap_or_default();
+                // Never terminate a message whose copy is not stored elsewhere: a work-queue
+                // stream deletes what is terminated. Nak'ing it lets JetStream exhaust its
+                // deliveries; it then stays in the stream, where the dead-letter path finds it.
+                tracing::error!(%consumer, stream_sequence = sequence, %reason, "poison message");
+                if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
+                    tracing::warn!(%consumer, error = %err, "nak failed");
+                }
+            }
+        }
+    }
+
+    async fn nak(&self, message: &jetstream::Message, delay: Duration) {
+        if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
+            tracing::warn!(consumer = %self.settings.name, error = %err, "nak failed; the message will be redelivered after its ack wait");
+        }
+    }
+
+    async fn wait_for_database(&self, shutdown: &CancellationToken) {
+        while !shutdown.is_cancelled() && !db::ping(&self.pool).await {
+            sleep_or_cancel(Duration::from_secs(1), shutdown).await;
+        }
+        if !shutdown.is_cancelled() {
+            tracing::info!(consumer = %self.settings.name, "Postgres is back: pulling again");
+        }
+    }
+}
+
+async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(duration) => {}
+    }
+}

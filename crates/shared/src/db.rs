@@ -1,0 +1,149 @@
+//! Postgres: one database, one schema per service.
+//!
+//! Each service owns a schema (`order_api`, `inventory`, …) and its connections use it as their
+//! `search_path`, so the shared tables (`outbox`, `processed_messages`) are written with the same
+//! unqualified SQL by every service and still land in that service's own schema. No service reads
+//! another's tables.
+//!
+//! Migrations come in two sets, each tracked in its own table inside the service's schema:
+//! `migrations/shared` (the messaging tables every service has) and the service's own folder.
+//! sqlx serialises concurrent migrators with an advisory lock, so services starting together
+//! are safe.
+
+use std::{borrow::Cow, time::Duration};
+
+use sqlx::{
+    Connection, PgPool,
+    migrate::Migrator,
+    postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
+};
+
+use crate::config::DatabaseConfig;
+
+/// The tables every service has in its schema: `outbox` and `processed_messages`.
+pub static SHARED_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/shared");
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("could not connect to Postgres")]
+    Connect(#[source] sqlx::Error),
+    #[error("could not create database {0:?}")]
+    CreateDatabase(String, #[source] sqlx::Error),
+    #[error("could not migrate schema {schema:?} ({set})")]
+    Migrate {
+        schema: String,
+        set: &'static str,
+        #[source]
+        source: sqlx::migrate::MigrateError,
+    },
+}
+
+/// Connects a pool whose connections work in `schema`, creating the database if it is missing,
+/// and brings the schema up to date (shared tables first, then the service's own).
+pub async fn connect_and_migrate(
+    config: &DatabaseConfig,
+    schema: &'static str,
+    service_migrations: &Migrator,
+) -> Result<PgPool, DbError> {
+    let options: PgConnectOptions = config.url.parse().map_err(DbError::Connect)?;
+    create_database_if_missing(&options).await?;
+
+    let pool = PgPoolOptions::new()
+        .max_connections(config.max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options.options([("search_path", schema)]))
+        .await
+        .map_err(DbError::Connect)?;
+
+    for (set, migrator) in [
+        ("shared", &SHARED_MIGRATIONS),
+        ("service", service_migrations),
+    ] {
+        in_schema(migrator, schema, set)
+            .run(&pool)
+            .await
+            .map_err(|source| DbError::Migrate {
+                schema: schema.to_owned(),
+                set,
+                source,
+            })?;
+    }
+    Ok(pool)
+}
+
+/// A copy of `migrator` that creates `schema` and tracks itself in a table inside it.
+fn in_schema(migrator: &Migrator, schema: &'static str, set: &'static str) -> Migrator {
+    let mut scoped = Migrator::with_migrations(migrator.iter().cloned().collect());
+    scoped.create_schema(schema);
+    scoped.dangerous_set_table_name(format!("{schema}._sqlx_migrations_{set}"));
+    scoped
+}
+
+async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), DbError> {
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(()); // No database named: the server's default for the user.
+    };
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
+        .await
+        .map_err(DbError::Connect)?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut admin)
+            .await
+            .map_err(DbError::Connect)?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        match sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut admin)
+            .await
+        {
+            Ok(_) => tracing::info!(database = %name, "created database"),
+            // Another service created it between our check and our CREATE.
+            Err(err) if has_code(&err, &["42P04", "23505"]) => {}
+            Err(err) => return Err(DbError::CreateDatabase(name, err)),
+        }
+    }
+    admin.close().await.ok();
+    Ok(())
+}
+
+/// Whether a database error carries one of these SQLSTATE codes.
+pub fn has_code(err: &sqlx::Error, codes: &[&str]) -> bool {
+    match err {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| codes.contains(&c.as_ref())),
+        _ => false,
+    }
+}
+
+/// Conflicts between concurrent transactions that succeed when simply run again:
+/// deadlock (40P01) and serialization failure (40001).
+pub fn is_retryable_conflict(err: &sqlx::Error) -> bool {
+    has_code(err, &["40P01", "40001"])
+}
+
+/// Errors that mean "Postgres is not reachable right now" rather than "this request is wrong":
+/// worth waiting out, and answered with 503 rather than 500.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 08xxx connection.
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|code: Cow<'_, str>| code.starts_with("08") || code.starts_with("57P")),
+        _ => false,
+    }
+}
+
+/// Whether Postgres answers a trivial query within a second.
+pub async fn ping(pool: &PgPool) -> bool {
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            sqlx::query("SELECT 1").execute(pool)
+        )
+        .await,
+        Ok(Ok(_))
+    )
+}

@@ -1,0 +1,447 @@
+//! HTTP plumbing every service shares: one error format and a JSON extractor that uses it.
+//!
+//! Every error any service returns is an RFC 9457 problem-details document
+//! (`application/problem+json`):
+//!
+//! ```json
+//! {"type": "/problems/validation-error", "title": "Request is not valid", "status": 422,
+//!  "detail": "1 field is not valid",
+//!  "errors": [{"pointer": "#/items/0/quantity", "detail": "must be between 1 and 1000"}]}
+//! ```
+//!
+//! `errors[].pointer` is a JSON Pointer into the request body; a bad header or path parameter is
+//! named by `header` or `parameter` instead. Internal errors never reach the client: they are
+//! logged (with their cause chain) by [`log_server_errors`], and the client sees a generic 500.
+
+use std::{sync::Arc, time::Duration};
+
+use axum::{
+    extract::{FromRequest, Request, rejection::BytesRejection},
+    http::{HeaderValue, StatusCode, header},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use bytes::Bytes;
+use serde::{Serialize, de::DeserializeOwned};
+
+/// An RFC 9457 problem-details response.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub problem_type: &'static str,
+    pub title: &'static str,
+    #[serde(serialize_with = "serialize_status")]
+    pub status: StatusCode,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+    /// Extension members specific to one kind of problem.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(skip)]
+    pub retry_after: Option<Duration>,
+    /// The internal error behind a 5xx, for the log, never for the client.
+    #[serde(skip)]
+    pub cause: Option<Arc<anyhow::Error>>,
+}
+
+/// One thing wrong with a request, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// A JSON Pointer (as a URI fragment) into the request body, e.g. `#/items/0/sku`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// A request header, e.g. `Idempotency-Key`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A path or query parameter, e.g. `id`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameter: Option<String>,
+    pub detail: String,
+}
+
+impl FieldError {
+    pub fn pointer(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self {
+            pointer: Some(pointer.into()),
+            header: None,
+            parameter: None,
+            detail: detail.into(),
+        }
+    }
+    pub fn header(name: &str, detail: impl Into<String>) -> Self {
+        Self {
+            pointer: None,
+            header: Some(name.to_owned()),
+            parameter: None,
+            detail: detail.into(),
+        }
+    }
+    pub fn parameter(name: &str, detail: impl Into<String>) -> Self {
+        Self {
+            pointer: None,
+            header: None,
+            parameter: Some(name.to_owned()),
+            detail: detail.into(),
+        }
+    }
+}
+
+fn serialize_status<S: serde::Serializer>(status: &StatusCode, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u16(status.as_u16())
+}
+
+impl Problem {
+    pub fn new(
+        status: StatusCode,
+        problem_type: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            problem_type,
+            title,
+            status,
+            detail: detail.into(),
+            errors: Vec::new(),
+            extra: None,
+            retry_after: None,
+            cause: None,
+        }
+    }
+
+    /// 422: the request is well-formed but breaks a rule; `errors` says which fields and why.
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = match errors.len() {
+            1 => "1 field is not valid".to_owned(),
+            n => format!("{n} fields are not valid"),
+        };
+        Self {
+            errors,
+            ..Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "/problems/validation-error",
+                "Request is not valid",
+                detail,
+            )
+        }
+    }
+
+    /// 400: a path parameter or header that cannot be parsed.
+    pub fn bad_request(error: FieldError) -> Self {
+        let detail = error.detail.clone();
+        Self {
+            errors: vec![error],
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "about:blank",
+                "Bad Request",
+                detail,
+            )
+        }
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "about:blank", "Not Found", detail)
+    }
+
+    /// 503 with `Retry-After`: try again later (overload, or a dependency that is down).
+    pub fn unavailable(
+        problem_type: &'static str,
+        detail: impl Into<String>,
+        retry_after: Duration,
+    ) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                problem_type,
+                "Service Unavailable",
+                detail,
+            )
+        }
+    }
+
+    /// 500. The cause is logged; the client learns nothing of it.
+    pub fn internal(cause: impl Into<anyhow::Error>) -> Self {
+        Self {
+            cause: Some(Arc::new(cause.into())),
+            ..Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "about:blank",
+                "Internal Server Error",
+                "The server could not complete the request. It has been logged.",
+            )
+        }
+    }
+
+    /// A database error: 503 if Postgres is unreachable (worth retrying), 500 otherwise.
+    pub fn database(err: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&err) {
+            Self {
+                cause: Some(Arc::new(err.into())),
+                ..Self::unavailable(
+                    "/problems/database-unavailable",
+                    "The database is unavailable; retry shortly.",
+                    Duration::from_secs(2),
+                )
+            }
+        } else {
+            Self::internal(err)
+        }
+    }
+
+    pub fn with_extra(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra
+            .get_or_insert_with(Default::default)
+            .insert(key.to_owned(), value);
+        self
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::to_vec(&self).unwrap_or_default();
+        let mut response = (self.status, body).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(after) = self.retry_after {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(cause);
+        }
+        response
+    }
+}
+
+/// Middleware: logs the internal cause of every 5xx answer, with its chain of sources.
+pub async fn log_server_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if let Some(cause) = response.extensions().get::<Arc<anyhow::Error>>() {
+        tracing::error!(%method, %path, status = response.status().as_u16(), error = format!("{cause:#}"), "request failed");
+    }
+    response
+}
+
+/// The answer to a route that does not exist.
+pub async fn not_found_fallback() -> Problem {
+    Problem::not_found("No such resource.")
+}
+
+/// The answer to a method a route does not support.
+pub async fn method_not_allowed_fallback() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "about:blank",
+        "Method Not Allowed",
+        "This resource does not support that method.",
+    )
+}
+
+/// A JSON request body, with every failure answered as a [`Problem`]:
+/// wrong content type → 415, body too large → 413, malformed JSON → 400, a value of the wrong
+/// type → 422 naming the field.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct JsonBody<T>(pub T);
+
+impl<T, S> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if !is_json(req.headers().get(header::CONTENT_TYPE)) {
+            return Err(Problem::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "about:blank",
+                "Unsupported Media Type",
+                "Send the body as JSON with Content-Type: application/json.",
+            ));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(body_rejection)?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+fn is_json(content_type: Option<&HeaderValue>) -> bool {
+    let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn body_rejection(rejection: BytesRejection) -> Problem {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "about:blank",
+            "Content Too Large",
+            "The request body is larger than this endpoint accepts.",
+        )
+    } else {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "about:blank",
+            "Bad Request",
+            "The request body could not be read.",
+        )
+    }
+}
+
+/// Parses JSON, naming the field when a value has the wrong type.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        if err.inner().is_data() {
+            let field =
+                FieldError::pointer(json_pointer(err.path()), data_error_message(err.inner()));
+            Problem::validation(vec![field])
+        } else {
+            malformed_json(err.inner())
+        }
+    })?;
+    deserializer.end().map_err(|err| malformed_json(&err))?; // Trailing characters.
+    Ok(value)
+}
+
+fn malformed_json(err: &serde_json::Error) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "/problems/malformed-json",
+        "Malformed JSON",
+        format!("The body is not valid JSON: {err}"),
+    )
+}
+
+/// `items[0].quantity` → `#/items/0/quantity` (RFC 6901, in URI fragment form).
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::from("#");
+    for segment in path.iter() {
+        pointer.push('/');
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&index.to_string()),
+            Segment::Map { key } => pointer.push_str(&key.replace('~', "~0").replace('/', "~1")),
+            Segment::Enum { variant } => pointer.push_str(variant),
+            Segment::Unknown => pointer.push('?'),
+        }
+    }
+    pointer
+}
+
+/// serde's message in JSON terms ("expected an integer", not "expected i64"), without its
+/// " at line 1 column 42" suffix, which means nothing to a client that is told the field.
+fn data_error_message(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    let text = text
+        .rfind(" at line ")
+        .map_or(text.as_str(), |at| &text[..at]);
+    let mut message = text.to_owned();
+    for (rust, json) in [
+        ("expected i64", "expected an integer"),
+        ("expected u32", "expected a non-negative integer"),
+        ("expected a sequence", "expected an array"),
+        ("expected struct ", "expected an object: "),
+        ("expected a borrowed string", "expected a string"),
+    ] {
+        message = message.replace(rust, json);
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize)]
+    struct Body {
+        name: Option<String>,
+        items: Option<Vec<Item>>,
+    }
+    #[allow(dead_code)]
+    #[derive(Debug, Deserialize)]
+    struct Item {
+        quantity: Option<i64>,
+    }
+
+    #[test]
+    fn a_wrong_type_is_named_by_a_json_pointer() {
+        let problem = parse_json::<Body>(br#"{"items": [{"quantity": 1}, {"quantity": "two"}]}"#)
+            .unwrap_err();
+        assert_eq!(problem.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(
+            problem.errors[0].pointer.as_deref(),
+            Some("#/items/1/quantity")
+        );
+        assert_eq!(
+            problem.errors[0].detail,
+            r#"invalid type: string "two", expected an integer"#
+        );
+    }
+
+    #[test]
+    fn malformed_json_is_a_bad_request() {
+        let problem = parse_json::<Body>(br#"{"name": "#).unwrap_err();
+        assert_eq!(problem.status, StatusCode::BAD_REQUEST);
+        assert_eq!(problem.problem_type, "/problems/malformed-json");
+        let problem = parse_json::<Body>(br#"{"name": "a"} trailing"#).unwrap_err();
+        assert_eq!(problem.status, StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_points_at_the_root() {
+        let problem = parse_json::<Body>(br#""an order, please""#).unwrap_err();
+        assert_eq!(problem.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(problem.errors[0].pointer.as_deref(), Some("#"));
+    }
+
+    #[test]
+    fn content_types_with_parameters_and_suffixes_are_json() {
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/merge-patch+json",
+            "Application/JSON",
+        ] {
+            assert!(is_json(Some(&HeaderValue::from_static(ok))), "{ok}");
+        }
+        for bad in ["text/plain", "application/jsonp", "multipart/form-data"] {
+            assert!(!is_json(Some(&HeaderValue::from_static(bad))), "{bad}");
+        }
+        assert!(!is_json(None));
+    }
+
+    #[test]
+    fn a_problem_serialises_as_rfc_9457() {
+        let json = serde_json::to_value(Problem::validation(vec![FieldError::pointer(
+            "#/a", "required",
+        )]))
+        .unwrap();
+        assert_eq!(json["status"], 422);
+        assert_eq!(json["type"], "/problems/validation-error");
+        assert_eq!(json["errors"][0]["pointer"], "#/a");
+        assert!(json["errors"][0].get("header").is_none());
+    }
+}

@@ -1,0 +1,22 @@
+//! What every service of the orders system shares: one mechanism, one place.
+//!
+//! # Layout
+//! - [`config`]: environment variables with local defaults, validated at start-up.
+//! - [`messages`]: the CloudEvents envelope and the versioned payloads on NATS.
+//! - [`topology`]: the JetStream streams and consumers, created or updated at start-up.
+//! - [`db`]: connecting to Postgres, one schema per service, migrations.
+//! - [`outbox`]: the transactional outbox and the relay that publishes it.
+//! - [`consumer`]: the idempotent consumer (at-least-once delivery, exactly-once effects).
+//! - [`http`]: RFC 9457 problem details and a JSON extractor that answers with them.
+//! - [`nats`], [`shutdown`], [`telemetry`]: connecting, stopping gracefully, logging.
+
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod http;
+pub mod messages;
+pub mod nats;
+pub mod outbox;
+pub mod shutdown;
+pub mod telemetry;
+pub mod topology;

@@ -1,0 +1,114 @@
+//! Graceful shutdown: one signal, every task told, every task awaited.
+//!
+//! A [`CancellationToken`] is the shutdown signal. [`signal`] cancels it on SIGTERM or Ctrl-C;
+//! tests cancel it themselves. A service spawns its long-running parts (HTTP server, relay,
+//! consumers) into [`Tasks`]; if any of them ends on its own, the others are stopped too, so a
+//! service never limps on with half its parts.
+
+use std::{future::Future, time::Duration};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Cancels `token` when the process receives SIGTERM or Ctrl-C.
+pub fn cancel_on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        signal().await;
+        tracing::info!("shutdown requested");
+        token.cancel();
+    });
+}
+
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            },
+            Err(_) => {
+                ctrl_c.await.ok();
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    ctrl_c.await.ok();
+}
+
+/// The long-running tasks of one service.
+#[derive(Debug)]
+pub struct Tasks {
+    set: JoinSet<(&'static str, anyhow::Result<()>)>,
+    shutdown: CancellationToken,
+}
+
+impl Tasks {
+    pub fn new(shutdown: CancellationToken) -> Self {
+        Self {
+            set: JoinSet::new(),
+            shutdown,
+        }
+    }
+
+    pub fn spawn<F>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        self.set.spawn(async move { (name, task.await) });
+    }
+
+    /// Waits for shutdown (or for a task to end by itself, which triggers shutdown), then for
+    /// every task to finish, up to `grace`. Returns the first error.
+    pub async fn run_until_stopped(mut self, grace: Duration) -> anyhow::Result<()> {
+        let mut first_error = None;
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            Some(ended) = self.set.join_next() => {
+                let (name, result) = flatten(ended);
+                match &result {
+                    Ok(()) => tracing::warn!(task = name, "task ended before shutdown; stopping the service"),
+                    Err(err) => tracing::error!(task = name, error = format!("{err:#}"), "task failed; stopping the service"),
+                }
+                first_error = result.err();
+                self.shutdown.cancel();
+            }
+        }
+        let drain = async {
+            while let Some(ended) = self.set.join_next().await {
+                let (name, result) = flatten(ended);
+                match result {
+                    Ok(()) => tracing::debug!(task = name, "task stopped"),
+                    Err(err) => {
+                        tracing::error!(
+                            task = name,
+                            error = format!("{err:#}"),
+                            "task failed while stopping"
+                        );
+                        first_error.get_or_insert(err);
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
+            tracing::warn!(
+                ?grace,
+                "tasks still running after the grace period; abandoning them"
+            );
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn flatten(
+    joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> (&'static str, anyhow::Result<()>) {
+    match joined {
+        Ok(ended) => ended,
+        Err(err) => (
+            "(panicked task)",
+            Err(anyhow::anyhow!("task panicked: {err}")),
+        ),
+    }
+}

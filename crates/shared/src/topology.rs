@@ -1,0 +1,137 @@
+//! The JetStream streams and consumers, declared in one place.
+//!
+//! Services call these at start-up. Each call creates the stream or consumer if it is missing and
+//! updates it to the configured values if it exists, so several services (or replicas) starting
+//! at once converge on the same topology. Nothing here ever deletes a stream or a consumer.
+//!
+//! | what | kind | why |
+//! |---|---|---|
+//! | `orders_stream` on `orders.*` | work queue | each order is handed to exactly one worker and removed once acknowledged |
+//! | `inventory-worker` on `orders.new` | durable pull consumer | shared by every worker process: they load-balance one queue |
+//! | `order_events` on `order_events.>` | limits (a week) | pub/sub: any number of services read outcomes, each with its own consumer |
+//! | `order-api-projection` on `order_events.>` | durable pull consumer | order-api's view of outcomes |
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+
+use crate::config::{ConsumerSettings, EventsStreamSettings, NatsConfig, OrdersStreamSettings};
+
+pub const ORDERS_STREAM: &str = "orders_stream";
+pub const ORDERS_SUBJECTS: &str = "orders.*";
+pub const EVENTS_STREAM: &str = "order_events";
+pub const EVENTS_SUBJECTS: &str = "order_events.>";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    #[error("could not create or update stream {stream}")]
+    Stream {
+        stream: &'static str,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error("could not create or update consumer {consumer} on {stream}")]
+    Consumer {
+        stream: &'static str,
+        consumer: String,
+        #[source]
+        source: async_nats::Error,
+    },
+}
+
+/// `orders_stream`: the work queue of new orders (the seed article's `nats stream add`).
+pub fn orders_stream_config(settings: &OrdersStreamSettings) -> stream::Config {
+    stream::Config {
+        name: ORDERS_STREAM.to_owned(),
+        description: Some("New orders waiting for a stock reservation (work queue)".to_owned()),
+        subjects: vec![ORDERS_SUBJECTS.to_owned()],
+        // A work queue keeps a message until a consumer acknowledges it, then deletes it.
+        retention: RetentionPolicy::WorkQueue,
+        storage: StorageType::File,
+        // When full, refuse new messages rather than silently dropping the oldest orders.
+        discard: DiscardPolicy::New,
+        max_bytes: i64::try_from(settings.max_bytes).unwrap_or(i64::MAX),
+        max_message_size: i32::try_from(settings.max_message_size).unwrap_or(i32::MAX),
+        duplicate_window: settings.duplicate_window,
+        // Lets the dead-letter service read a message back by sequence cheaply.
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// `order_events`: outcomes, kept for a week for any service that wants to react to them.
+pub fn events_stream_config(settings: &EventsStreamSettings) -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.to_owned(),
+        description: Some("Order outcomes (pub/sub: any number of readers)".to_owned()),
+        subjects: vec![EVENTS_SUBJECTS.to_owned()],
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        discard: DiscardPolicy::Old,
+        max_age: settings.max_age,
+        max_bytes: i64::try_from(settings.max_bytes).unwrap_or(i64::MAX),
+        duplicate_window: Duration::from_secs(120),
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// A durable pull consumer that acknowledges explicitly and spaces out redeliveries.
+pub fn durable_consumer_config(settings: &ConsumerSettings, filter_subject: &str) -> pull::Config {
+    pull::Config {
+        durable_name: Some(settings.name.clone()),
+        description: Some(format!("durable consumer of {filter_subject}")),
+        filter_subject: filter_subject.to_owned(),
+        deliver_policy: DeliverPolicy::All,
+        // Acknowledge each message after its work is committed: at-least-once delivery.
+        ack_policy: AckPolicy::Explicit,
+        // After `max_deliver` deliveries JetStream stops and emits a MAX_DELIVERIES advisory.
+        max_deliver: settings.max_deliver,
+        // Applies to redeliveries after an ack timeout (a worker that died or hung); the first
+        // value also becomes the ack wait. Naks carry their own delay (see `consumer`).
+        backoff: settings.backoff.clone(),
+        ack_wait: settings.backoff[0],
+        max_ack_pending: settings.max_ack_pending,
+        ..Default::default()
+    }
+}
+
+/// Creates or updates both streams.
+pub async fn ensure_streams(
+    js: &jetstream::Context,
+    nats: &NatsConfig,
+) -> Result<(), TopologyError> {
+    for (stream, config) in [
+        (ORDERS_STREAM, orders_stream_config(&nats.orders_stream)),
+        (EVENTS_STREAM, events_stream_config(&nats.events_stream)),
+    ] {
+        js.create_or_update_stream(config)
+            .await
+            .map_err(|source| TopologyError::Stream { stream, source })?;
+    }
+    Ok(())
+}
+
+/// Creates or updates a durable pull consumer and returns a handle to it.
+pub async fn ensure_consumer(
+    js: &jetstream::Context,
+    stream: &'static str,
+    filter_subject: &str,
+    settings: &ConsumerSettings,
+) -> Result<PullConsumer, TopologyError> {
+    let err = |source: async_nats::Error| TopologyError::Consumer {
+        stream,
+        consumer: settings.name.clone(),
+        source,
+    };
+    let stream_handle = js.get_stream(stream).await.map_err(|e| err(e.into()))?;
+    stream_handle
+        // `create_consumer` is create-or-update on servers >= 2.10.
+        .create_consumer(durable_consumer_config(settings, filter_subject))
+        .await
+        .map_err(|e| err(e.into()))
+}

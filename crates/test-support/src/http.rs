@@ -1,0 +1,135 @@
+//! Small clients for the services' HTTP APIs, so tests read as what they do.
+
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+
+/// order-api.
+#[derive(Debug, Clone)]
+pub struct OrderApi {
+    pub base_url: String,
+    http: reqwest::Client,
+}
+
+impl OrderApi {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// `POST /orders` with a JSON body and an optional `Idempotency-Key`.
+    pub async fn place(&self, body: &Value, idempotency_key: Option<&str>) -> Response {
+        let mut request = self
+            .http
+            .post(format!("{}/orders", self.base_url))
+            .json(body);
+        if let Some(key) = idempotency_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.expect("POST /orders")
+    }
+
+    /// Places an order that must be accepted, and returns its ID.
+    pub async fn place_ok(
+        &self,
+        customer: &str,
+        items: &[(&str, u32)],
+        idempotency_key: Option<&str>,
+    ) -> String {
+        let response = self
+            .place(&order_body(customer, items), idempotency_key)
+            .await;
+        assert_eq!(
+            response.status(),
+            StatusCode::ACCEPTED,
+            "{}",
+            response.text().await.unwrap_or_default()
+        );
+        let body: Value = response.json().await.expect("JSON body");
+        body["order_id"].as_str().expect("order_id").to_owned()
+    }
+
+    /// `GET /orders/{id}` → (status code, body).
+    pub async fn get(&self, id: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .get(format!("{}/orders/{id}", self.base_url))
+            .send()
+            .await
+            .expect("GET /orders/{id}");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The order's `status` field.
+    pub async fn status_of(&self, id: &str) -> Option<String> {
+        let (code, body) = self.get(id).await;
+        (code == StatusCode::OK).then(|| body["status"].as_str().unwrap_or_default().to_owned())
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+/// An order request body.
+pub fn order_body(customer: &str, items: &[(&str, u32)]) -> Value {
+    json!({
+        "customer_id": customer,
+        "items": items.iter().map(|(sku, quantity)| json!({"sku": sku, "quantity": quantity})).collect::<Vec<_>>(),
+    })
+}
+
+/// inventory-worker's stock API.
+#[derive(Debug, Clone)]
+pub struct InventoryApi {
+    pub base_url: String,
+    http: reqwest::Client,
+}
+
+/// Stock of one SKU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stock {
+    pub available: i64,
+    pub reserved: i64,
+}
+
+impl InventoryApi {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: base_url.into(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn get(&self, sku: &str) -> Stock {
+        let response = self
+            .http
+            .get(format!("{}/inventory/{sku}", self.base_url))
+            .send()
+            .await
+            .expect("GET /inventory");
+        assert_eq!(response.status(), StatusCode::OK, "GET /inventory/{sku}");
+        let body: Value = response.json().await.expect("JSON");
+        Stock {
+            available: body["available"].as_i64().expect("available"),
+            reserved: body["reserved"].as_i64().expect("reserved"),
+        }
+    }
+
+    pub async fn set(&self, sku: &str, available: i64) {
+        let response = self
+            .http
+            .put(format!("{}/inventory/{sku}", self.base_url))
+            .json(&json!({ "available": available }))
+            .send()
+            .await
+            .expect("PUT /inventory");
+        assert!(
+            response.status().is_success(),
+            "PUT /inventory/{sku}: {}",
+            response.status()
+        );
+    }
+}

@@ -1,0 +1,63 @@
+//! Real servers and real processes for the tests of every crate. No mocks: a test gets its own
+//! nats-server (pinned version, free port, temporary store, killed on drop), its own database on
+//! a shared Postgres (or, to break it, a Postgres server of its own), and the services themselves,
+//! in-process or as the real binaries.
+//!
+//! # Layout
+//! - [`nats`]: [`NatsServer`], a nats-server process per test.
+//! - [`postgres`]: [`TestDatabase`] (a fresh database per test) and [`PostgresServer`] (a private
+//!   server, for tests that stop Postgres).
+//! - [`process`]: [`ServiceProcess`], a service binary started as a child process.
+//! - [`http`]: small clients for the services' HTTP APIs.
+//! - [`wait_until`]: await a condition with a deadline, instead of sleeping.
+
+pub mod http;
+pub mod nats;
+pub mod postgres;
+pub mod process;
+
+pub use nats::NatsServer;
+pub use postgres::{PostgresServer, TestDatabase};
+pub use process::ServiceProcess;
+
+use std::{future::Future, path::PathBuf, time::Duration};
+
+/// The repository's root directory.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("workspace root")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, and returns that value. Panics with `what`
+/// once `timeout` has passed: a condition awaited with a deadline, not a sleep.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A free TCP port on 127.0.0.1 (the OS picks it; it is released for the caller to bind).
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// Where tests write the logs of the servers and services they start, kept after the run.
+pub fn log_dir() -> PathBuf {
+    let dir = workspace_root().join("target/test-logs");
+    std::fs::create_dir_all(&dir).expect("create target/test-logs");
+    dir
+}
