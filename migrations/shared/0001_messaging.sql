@@ -31,6 +31,8 @@ CREATE INDEX outbox_sent_at ON outbox (sent_at) WHERE sent_at IS NOT NULL;
 CREATE TABLE processed_messages (
     consumer     text        NOT NULL,
     message_id   uuid        NOT NULL,
+    -- Which process applied it (INSTANCE_ID): shows how a shared consumer spreads the work.
+    processed_by text        NOT NULL,
     processed_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, message_id)
 );

@@ -22,6 +22,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use anyhow::Context;
 use shared::{
+    config::DatabaseConfig,
     consumer::IdempotentConsumer,
     db,
     messages::subjects::ORDERS_NEW,
@@ -55,9 +56,14 @@ pub struct Application {
     consumer: IdempotentConsumer<reservation::Reservations>,
 }
 
+/// Connects to Postgres and brings the `inventory` schema up to date.
+pub async fn connect_database(config: &DatabaseConfig) -> Result<PgPool, db::DbError> {
+    db::connect_and_migrate(config, SCHEMA, &MIGRATIONS).await
+}
+
 impl Application {
     pub async fn build(config: Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let pool = db::connect_and_migrate(&config.database, SCHEMA, &MIGRATIONS).await?;
+        let pool = connect_database(&config.database).await?;
         let (client, jetstream) = shared::nats::connect(&config.nats, "inventory-worker", shutdown)
             .await
             .context("stopped before NATS was reachable")?;

@@ -226,6 +226,9 @@ pub struct DatabaseConfig {
     pub url: String,
     /// `DATABASE_MAX_CONNECTIONS`.
     pub max_connections: u32,
+    /// `DATABASE_ACQUIRE_TIMEOUT`: how long to wait for a connection before treating Postgres
+    /// as unavailable (HTTP 503; a worker hands its batch back and stops pulling).
+    pub acquire_timeout: Duration,
 }
 
 impl DatabaseConfig {
@@ -245,6 +248,7 @@ impl DatabaseConfig {
         Ok(Self {
             url,
             max_connections: env.number("DATABASE_MAX_CONNECTIONS", 10, 1..=1000)?,
+            acquire_timeout: env.duration("DATABASE_ACQUIRE_TIMEOUT", Duration::from_secs(3))?,
         })
     }
 }
@@ -362,6 +366,9 @@ pub struct ConsumerSettings {
     pub backoff: Vec<Duration>,
     /// Most messages delivered and not yet acknowledged, across all processes sharing the consumer.
     pub max_ack_pending: i64,
+    /// `INSTANCE_ID`: this process, among those sharing the consumer (default: host name and
+    /// process ID). Recorded with each processed message.
+    pub instance: String,
 }
 
 impl ConsumerSettings {
@@ -409,6 +416,7 @@ impl ConsumerSettings {
             max_deliver,
             backoff,
             max_ack_pending: env.number(&var("MAX_ACK_PENDING"), 1_000, 1..=100_000)?,
+            instance: env.raw("INSTANCE_ID").unwrap_or_else(default_instance_id),
         })
     }
 
@@ -417,6 +425,17 @@ impl ConsumerSettings {
         let index = (attempt.max(1) - 1) as usize;
         self.backoff[index.min(self.backoff.len() - 1)]
     }
+}
+
+/// `<host name>-<process ID>`: distinct for replicas on one host and across containers.
+fn default_instance_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]

@@ -5,6 +5,9 @@
 //! twice. Exactly-once delivery is not on offer, so exactly-once *effects* are built here:
 //!
 //! 1. Pull a batch of messages (several processes share one durable consumer: a work queue).
+//!    Pull only when ready: wait for one message, then take whatever else is already there, up
+//!    to the batch size. Nothing is prefetched, so nothing waits in this process's buffers
+//!    while its ack timer runs.
 //! 2. [`Handler::prepare`] each one without I/O: decode it, or decide it must be retried or is
 //!    poison.
 //! 3. In **one transaction**: insert the logical IDs (`ce-id`) into `processed_messages` with
@@ -16,6 +19,9 @@
 //!
 //! A batch shares one commit (the expensive part of a Postgres write), so throughput scales with
 //! batch size while each message keeps its own all-or-nothing effect.
+//!
+//! While a batch is being applied, the messages in hand are kept alive with "in progress" acks,
+//! so a slow transaction does not get them redelivered to another worker.
 //!
 //! Failures: a message whose attempt fails is negatively acknowledged with a delay from the
 //! consumer's backoff list, so retries are spaced out; after `max_deliver` attempts JetStream
@@ -138,55 +144,66 @@ impl<H: Handler> IdempotentConsumer<H> {
     pub async fn run(self, shutdown: CancellationToken) {
         let name = &self.settings.name;
         while !shutdown.is_cancelled() {
-            let messages = self
-                .consumer
-                .stream()
-                .max_messages_per_batch(self.settings.batch_size)
-                .expires(Duration::from_secs(30))
-                .heartbeat(Duration::from_secs(5))
-                .messages()
-                .await;
-            let messages = match messages {
+            let batch = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return,
+                batch = self.next_batch() => batch,
+            };
+            let messages = match batch {
+                Ok(messages) if messages.is_empty() => continue,
                 Ok(messages) => messages,
                 Err(err) => {
-                    tracing::warn!(consumer = %name, error = %err, "could not start pulling; retrying");
+                    tracing::warn!(consumer = %name, error = %err, "pull failed; retrying");
                     sleep_or_cancel(Duration::from_secs(1), &shutdown).await;
                     continue;
                 }
             };
-            // Micro-batching: wait for one message, then take whatever else has already arrived.
-            let mut batches = messages.ready_chunks(self.settings.batch_size);
-            loop {
-                let batch = tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return,
-                    batch = batches.next() => batch,
-                };
-                let Some(batch) = batch else { break }; // The pull ended; start a new one.
-                let mut received = Vec::with_capacity(batch.len());
-                for item in batch {
-                    match item {
-                        Ok(message) => received.push(message),
-                        Err(err) => tracing::debug!(consumer = %name, error = %err, "pull status"),
-                    }
-                }
-                if received.is_empty() {
-                    continue;
-                }
-                if let Err(ConsumerError::DatabaseUnavailable(err)) = self.process(received).await {
-                    tracing::warn!(
-                        consumer = %name,
-                        error = %err,
-                        "Postgres is unavailable: stopped pulling until it is back"
-                    );
-                    // Dropping the pull stops deliveries; what is still queued for this
-                    // consumer stays in the stream and keeps its remaining attempts.
-                    drop(batches);
-                    self.wait_for_database(&shutdown).await;
-                    break;
-                }
+            if let Err(ConsumerError::DatabaseUnavailable(err)) = self.process(messages).await {
+                tracing::warn!(
+                    consumer = %name,
+                    error = %err,
+                    "Postgres is unavailable: stopped pulling until it is back"
+                );
+                // Nothing is pulled meanwhile: queued messages stay in the stream and keep
+                // their remaining delivery attempts.
+                self.wait_for_database(&shutdown).await;
             }
         }
+    }
+
+    /// Waits for a first message, then takes whatever else is ready, up to the batch size.
+    ///
+    /// Pulling only when ready to process is what makes stopping safe: no message is delivered
+    /// to this process while it works on a batch or waits for Postgres, so none sits in a
+    /// buffer here while its ack timer runs out and burns a delivery attempt.
+    async fn next_batch(&self) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+        let size = self.settings.batch_size;
+        let mut messages =
+            collect(self.consumer.fetch().max_messages(size).messages().await?).await;
+        if messages.is_empty() {
+            // Long poll: answers as soon as one message arrives, or empty after `expires`.
+            let first = self
+                .consumer
+                .batch()
+                .max_messages(1)
+                .expires(Duration::from_secs(5))
+                .messages()
+                .await?;
+            messages = collect(first).await;
+            if !messages.is_empty() && size > 1 {
+                messages.extend(
+                    collect(
+                        self.consumer
+                            .fetch()
+                            .max_messages(size - 1)
+                            .messages()
+                            .await?,
+                    )
+                    .await,
+                );
+            }
+        }
+        Ok(messages)
     }
 
     /// Processes one batch of received messages: prepare, apply in one transaction, commit,
@@ -239,7 +256,17 @@ impl<H: Handler> IdempotentConsumer<H> {
             }
         }
 
-        let applied = match self.apply(&to_apply).await {
+        let applied = {
+            // While the transaction runs (it may wait on locks or on a reconnecting pool), tell
+            // JetStream the messages in hand are being worked on, so none is redelivered to
+            // another worker meanwhile.
+            let in_hand = to_apply
+                .iter()
+                .map(|(d, _)| &d.message)
+                .chain(done.iter().map(|(m, _)| m));
+            keep_alive(self.apply(&to_apply), in_hand, self.settings.backoff[0]).await
+        };
+        let applied = match applied {
             Ok(applied) => applied,
             Err(err) => {
                 // Nothing was committed: hand every message back, after a pause.
@@ -331,13 +358,14 @@ impl<H: Handler> IdempotentConsumer<H> {
             let mut tx = self.pool.begin().await?;
             let result = async {
                 let new_ids: HashSet<Uuid> = sqlx::query_scalar(
-                    "INSERT INTO processed_messages (consumer, message_id)
-                     SELECT $1, id FROM unnest($2::uuid[]) AS id
+                    "INSERT INTO processed_messages (consumer, message_id, processed_by)
+                     SELECT $1, id, $3 FROM unnest($2::uuid[]) AS id
                      ON CONFLICT DO NOTHING
                      RETURNING message_id",
                 )
                 .bind(&self.settings.name)
                 .bind(&ids)
+                .bind(&self.settings.instance)
                 .fetch_all(&mut *tx)
                 .await?
                 .into_iter()
@@ -449,6 +477,37 @@ impl<H: Handler> IdempotentConsumer<H> {
             tracing::info!(consumer = %self.settings.name, "Postgres is back: pulling again");
         }
     }
+}
+
+/// Drives `work` to completion, sending "in progress" for `messages` every half ack wait.
+async fn keep_alive<'a, T>(
+    work: impl Future<Output = T>,
+    messages: impl Iterator<Item = &'a jetstream::Message> + Clone,
+    ack_wait: Duration,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    let mut ticks =
+        tokio::time::interval_at(tokio::time::Instant::now() + ack_wait / 2, ack_wait / 2);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = ticks.tick() => {
+                for message in messages.clone() {
+                    message.ack_with(AckKind::Progress).await.ok();
+                }
+            }
+        }
+    }
+}
+
+async fn collect(batch: jetstream::consumer::pull::Batch) -> Vec<jetstream::Message> {
+    batch
+        .filter_map(|item| async move {
+            item.map_err(|err| tracing::debug!(error = %err, "pull status"))
+                .ok()
+        })
+        .collect()
+        .await
 }
 
 async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) {

@@ -50,7 +50,7 @@ pub async fn connect_and_migrate(
 
     let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(config.acquire_timeout)
         .connect_with(options.options([("search_path", schema)]))
         .await
         .map_err(DbError::Connect)?;

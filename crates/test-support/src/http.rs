@@ -118,6 +118,25 @@ impl InventoryApi {
         }
     }
 
+    /// Like [`InventoryApi::get`], but `None` while the service cannot answer (e.g. its database
+    /// is down).
+    pub async fn get_opt(&self, sku: &str) -> Option<Stock> {
+        let response = self
+            .http
+            .get(format!("{}/inventory/{sku}", self.base_url))
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        let body: Value = response.json().await.ok()?;
+        Some(Stock {
+            available: body["available"].as_i64()?,
+            reserved: body["reserved"].as_i64()?,
+        })
+    }
+
     pub async fn set(&self, sku: &str, available: i64) {
         let response = self
             .http

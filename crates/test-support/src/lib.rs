@@ -22,6 +22,25 @@ pub use process::ServiceProcess;
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
+/// Shows the services' logs in a test's output when `TEST_LOG` is set (e.g. `TEST_LOG=debug`).
+/// Safe to call from every helper; only the first call installs the subscriber.
+pub fn init_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let filter = if filter == "1" {
+                "info,sqlx=warn".to_owned()
+            } else {
+                filter
+            };
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .init();
+        }
+    });
+}
+
 /// The repository's root directory.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

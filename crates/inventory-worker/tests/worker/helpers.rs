@@ -1,0 +1,121 @@
+//! `spawn_worker()`: a worker of a test's own, and helpers to publish orders to it.
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use chrono::Utc;
+use inventory_worker::{Application, Config};
+use shared::{
+    config::Env,
+    messages::{OrderItem, OrderPlaced, OutgoingMessage},
+};
+use sqlx::PgPool;
+use test_support::{NatsServer, TestDatabase, http::InventoryApi};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub struct TestWorker {
+    pub inventory: InventoryApi,
+    pub shutdown: CancellationToken,
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Settings tests use: quick retries (3 deliveries, 100 ms then 200 ms apart).
+pub const FAST_RETRIES: [(&str, &str); 2] = [
+    ("WORKER_MAX_DELIVER", "3"),
+    ("WORKER_BACKOFF", "100ms,200ms"),
+];
+
+pub fn env<'a>(nats_url: &'a str, db_url: &'a str, overrides: &[(&'a str, &'a str)]) -> Env {
+    let mut env = vec![
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("NATS_URL", nats_url),
+        ("DATABASE_URL", db_url),
+        ("OUTBOX_POLL_INTERVAL", "200ms"),
+        ("OUTBOX_RETRY_MAX", "500ms"),
+    ];
+    env.extend_from_slice(&FAST_RETRIES);
+    env.extend_from_slice(overrides);
+    Env::from_pairs(env)
+}
+
+pub async fn spawn_worker(
+    nats: &NatsServer,
+    db: &TestDatabase,
+    overrides: &[(&str, &str)],
+) -> TestWorker {
+    test_support::init_logging();
+    let (nats_url, db_url) = (nats.url(), db.url());
+    let config = Config::from_env(&env(&nats_url, &db_url, overrides)).expect("test configuration");
+    let shutdown = CancellationToken::new();
+    let app = Application::build(config, &shutdown)
+        .await
+        .expect("build inventory-worker");
+    let inventory = InventoryApi::new(format!("http://{}", app.local_addr()));
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    TestWorker {
+        inventory,
+        shutdown,
+    }
+}
+
+pub fn order(items: &[(&str, u32)]) -> OrderPlaced {
+    OrderPlaced {
+        version: 1,
+        order_id: Uuid::now_v7(),
+        customer_id: "c-test".into(),
+        items: items
+            .iter()
+            .map(|(sku, quantity)| OrderItem {
+                sku: (*sku).into(),
+                quantity: *quantity,
+            })
+            .collect(),
+        placed_at: Utc::now(),
+    }
+}
+
+/// Publishes a message to JetStream as the outbox relay would, and returns its stream sequence.
+pub async fn publish(js: &jetstream::Context, message: &OutgoingMessage) -> u64 {
+    js.publish_with_headers(
+        message.subject.clone(),
+        message.nats_headers(),
+        message.payload.clone().into(),
+    )
+    .await
+    .expect("publish")
+    .await
+    .expect("PubAck")
+    .sequence
+}
+
+pub async fn publish_order(js: &jetstream::Context, order: &OrderPlaced) -> OutgoingMessage {
+    let message = OutgoingMessage::event(order, "test");
+    publish(js, &message).await;
+    message
+}
+
+/// The shared consumer's state as JetStream reports it: (pending, ack pending, redelivered).
+pub async fn consumer_state(js: &jetstream::Context) -> (u64, usize, usize) {
+    let stream = js.get_stream("orders_stream").await.expect("orders_stream");
+    let info = stream
+        .consumer_info("inventory-worker")
+        .await
+        .expect("consumer info");
+    (info.num_pending, info.num_ack_pending, info.num_redelivered)
+}
+
+pub async fn processed_count(pool: &PgPool, message_id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM processed_messages WHERE message_id = $1")
+        .bind(message_id)
+        .fetch_one(pool)
+        .await
+        .expect("count processed messages")
+}
+
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(15);

@@ -1,0 +1,6 @@
+//! inventory-worker against a real nats-server and a real Postgres, in-process.
+
+mod helpers;
+mod outage;
+mod reservations;
+mod stock_api;

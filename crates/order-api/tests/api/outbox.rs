@@ -1,0 +1,100 @@
+//! The outbox: orders accepted while NATS is down are published once it is back; a backlog past
+//! its bound turns new orders away with 503 instead of growing without limit.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use test_support::{http::order_body, wait_until};
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn orders_accepted_while_nats_is_down_are_published_when_it_is_back() {
+    let mut app = spawn_app().await;
+    app.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
+    wait_until(
+        "the first order is published",
+        Duration::from_secs(10),
+        || async { (app.orders_stream_len().await == 1).then_some(()) },
+    )
+    .await;
+
+    app.nats.stop();
+    for i in 0..10 {
+        // Still 202: the order is safe in Postgres.
+        app.api
+            .place_ok(&format!("c-{i}"), &[("WIDGET-1", 1)], None)
+            .await;
+    }
+    assert_eq!(app.unsent_outbox_rows().await, 10);
+
+    app.nats.start_again().await;
+    wait_until(
+        "every order is published",
+        Duration::from_secs(60),
+        || async { (app.unsent_outbox_rows().await == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        app.orders_stream_len().await,
+        11,
+        "each order exactly once in the stream"
+    );
+}
+
+#[tokio::test]
+async fn a_backlog_past_its_bound_is_answered_503_with_retry_after_and_nothing_accepted_is_lost() {
+    let mut app = spawn_app_with(&[("OUTBOX_MAX_BACKLOG", "5")]).await;
+    app.nats.stop();
+
+    // Accept orders until the relay has counted the backlog and the API starts shedding load.
+    let mut accepted = 0;
+    let refused = wait_until("POST /orders answers 503", Duration::from_secs(60), || {
+        let api = app.api.clone();
+        let n = accepted;
+        async move {
+            let response = api
+                .place(&order_body(&format!("c-{n}"), &[("WIDGET-1", 1)]), None)
+                .await;
+            match response.status() {
+                StatusCode::ACCEPTED => None,
+                _ => Some(response),
+            }
+        }
+    })
+    .await;
+    accepted = app.orders_count().await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/overloaded");
+    assert!(accepted >= 5, "{accepted} accepted before the bound");
+
+    app.nats.start_again().await;
+    wait_until(
+        "the backlog drains and orders are accepted again",
+        Duration::from_secs(60),
+        || async {
+            let response = app
+                .api
+                .place(&order_body("c-after", &[("WIDGET-1", 1)]), Some("after"))
+                .await;
+            (response.status() == StatusCode::ACCEPTED).then_some(())
+        },
+    )
+    .await;
+    wait_until(
+        "every accepted order is published",
+        Duration::from_secs(30),
+        || async { (app.unsent_outbox_rows().await == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(app.orders_stream_len().await as i64, accepted + 1);
+}

@@ -1,0 +1,162 @@
+//! The status projection: outcome events on `order_events.>` become the order's status, once.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use shared::messages::{OrderRejected, OrderReserved, OutgoingMessage};
+use test_support::wait_until;
+use uuid::Uuid;
+
+use crate::helpers::{TestApp, spawn_app};
+
+async fn publish(app: &TestApp, message: &OutgoingMessage) {
+    let js = app.nats.jetstream().await;
+    js.publish_with_headers(
+        message.subject.clone(),
+        message.nats_headers(),
+        message.payload.clone().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+}
+
+fn reserved(order_id: Uuid) -> OutgoingMessage {
+    OutgoingMessage::event(
+        &OrderReserved {
+            version: 1,
+            order_id,
+            items: vec![],
+            reserved_at: Utc::now(),
+        },
+        "test",
+    )
+}
+
+async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> serde_json::Value {
+    wait_until(
+        &format!("order {id} is {status}"),
+        Duration::from_secs(15),
+        || async {
+            let (_, body) = app.api.get(id).await;
+            (body["status"] == status).then_some(body)
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_reserved_event_makes_the_order_reserved() {
+    let app = spawn_app().await;
+    let id = app.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
+
+    publish(&app, &reserved(id.parse().unwrap())).await;
+
+    let body = wait_for_status(&app, &id, "reserved").await;
+    assert!(body.get("reason").is_none());
+    assert!(body["updated_at"].as_str() > body["created_at"].as_str());
+}
+
+#[tokio::test]
+async fn a_rejected_event_shows_its_reason() {
+    let app = spawn_app().await;
+    let id = app.api.place_ok("c-1", &[("SCARCE-1", 100)], None).await;
+    let event = OrderRejected {
+        version: 1,
+        order_id: id.parse().unwrap(),
+        reason: "insufficient stock for SCARCE-1".into(),
+        rejected_at: Utc::now(),
+    };
+
+    publish(&app, &OutgoingMessage::event(&event, "test")).await;
+
+    let body = wait_for_status(&app, &id, "rejected").await;
+    assert_eq!(body["reason"], "insufficient stock for SCARCE-1");
+}
+
+#[tokio::test]
+async fn an_event_with_an_already_processed_id_changes_nothing() {
+    let app = spawn_app().await;
+    let id = app.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
+    let first = reserved(id.parse().unwrap());
+    publish(&app, &first).await;
+    wait_for_status(&app, &id, "reserved").await;
+
+    // Pretend a later state the same event ID must not overwrite, then deliver the ID again
+    // with a fresh broker dedupe key, so the broker stores it and only idempotency can stop it.
+    sqlx::query("UPDATE orders SET status = 'dead_lettered', reason = 'test' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let mut again = first.clone();
+    again.dedupe_id = Uuid::now_v7().to_string();
+    publish(&app, &again).await;
+    // A marker event after it: once the marker is applied, the duplicate has been seen.
+    let marker_order = app.api.place_ok("c-2", &[("WIDGET-1", 1)], None).await;
+    publish(&app, &reserved(marker_order.parse().unwrap())).await;
+    wait_for_status(&app, &marker_order, "reserved").await;
+
+    let (_, body) = app.api.get(&id).await;
+    assert_eq!(body["status"], "dead_lettered", "the duplicate was ignored");
+    let recorded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM processed_messages WHERE message_id = $1")
+            .bind(first.message_id)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded, 1);
+}
+
+#[tokio::test]
+async fn a_dead_lettered_order_can_still_become_reserved_but_a_final_status_never_changes() {
+    let app = spawn_app().await;
+    let replayed = app.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
+    let done = app.api.place_ok("c-2", &[("WIDGET-1", 1)], None).await;
+    sqlx::query(
+        "UPDATE orders SET status = 'dead_lettered', reason = 'failed' WHERE id = $1::uuid",
+    )
+    .bind(&replayed)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    publish(&app, &reserved(done.parse().unwrap())).await;
+    wait_for_status(&app, &done, "reserved").await;
+
+    let rejection = |order_id: &str| {
+        OutgoingMessage::event(
+            &OrderRejected {
+                version: 1,
+                order_id: order_id.parse().unwrap(),
+                reason: "late".into(),
+                rejected_at: Utc::now(),
+            },
+            "test",
+        )
+    };
+    publish(&app, &reserved(replayed.parse().unwrap())).await;
+    publish(&app, &rejection(&done)).await;
+    wait_for_status(&app, &replayed, "reserved").await;
+
+    let (_, body) = app.api.get(&done).await;
+    assert_eq!(body["status"], "reserved", "reserved is final");
+}
+
+#[tokio::test]
+async fn an_unreadable_event_does_not_stop_the_projection() {
+    let app = spawn_app().await;
+    let js = app.nats.jetstream().await;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("ce-id", Uuid::now_v7().to_string().as_str());
+    headers.insert("ce-type", "order_events.reserved.v1");
+    js.publish_with_headers("order_events.reserved", headers, "{not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    let id = app.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
+    publish(&app, &reserved(id.parse().unwrap())).await;
+    wait_for_status(&app, &id, "reserved").await;
+}
