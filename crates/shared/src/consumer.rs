@@ -500,8 +500,11 @@ async fn keep_alive<'a, T>(
     }
 }
 
+/// The messages of one pull. A pull whose answer is lost (the connection dropped meanwhile) is
+/// given up after a while; what it did deliver is kept.
 async fn collect(batch: jetstream::consumer::pull::Batch) -> Vec<jetstream::Message> {
     batch
+        .take_until(tokio::time::sleep(Duration::from_secs(10)))
         .filter_map(|item| async move {
             item.map_err(|err| tracing::debug!(error = %err, "pull status"))
                 .ok()

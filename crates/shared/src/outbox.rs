@@ -228,10 +228,14 @@ impl OutboxRelay {
             }
         }
         // Second await: the stream has stored it (or recognised a duplicate). Only then is the
-        // row sent.
-        let mut sent = Vec::with_capacity(pending_acks.len());
-        for (id, ack) in pending_acks {
-            match ack.await {
+        // row sent. All acks are awaited together: each one's timeout starts when it is first
+        // polled, so awaiting them in turn would add up the timeouts of acks lost in a disconnect.
+        let (ids, acks): (Vec<i64>, Vec<_>) = pending_acks.into_iter().unzip();
+        let results =
+            futures::future::join_all(acks.into_iter().map(|ack| ack.into_future())).await;
+        let mut sent = Vec::with_capacity(ids.len());
+        for (id, result) in ids.into_iter().zip(results) {
+            match result {
                 Ok(_) => sent.push(id),
                 Err(err) => {
                     first_error.get_or_insert(err);

@@ -9,12 +9,14 @@
 //!   server, for tests that stop Postgres).
 //! - [`process`]: [`ServiceProcess`], a service binary started as a child process.
 //! - [`http`]: small clients for the services' HTTP APIs.
+//! - [`stack`]: [`Stack`](stack::Stack), the whole system as real processes.
 //! - [`wait_until`]: await a condition with a deadline, instead of sleeping.
 
 pub mod http;
 pub mod nats;
 pub mod postgres;
 pub mod process;
+pub mod stack;
 
 pub use nats::NatsServer;
 pub use postgres::{PostgresServer, TestDatabase};

@@ -1,0 +1,141 @@
+//! The whole system as real processes: order-api and inventory-workers, started together
+//! against a nats-server and a database of the test's own.
+
+use crate::{
+    NatsServer, ServiceProcess, TestDatabase, free_port,
+    http::{InventoryApi, OrderApi},
+};
+
+/// Settings that keep end-to-end runs quick: short retry pauses and polls.
+pub const QUICK_SETTINGS: [(&str, &str); 6] = [
+    ("WORKER_MAX_DELIVER", "5"),
+    ("WORKER_BACKOFF", "200ms,400ms,600ms,800ms"),
+    ("PROJECTION_BACKOFF", "200ms,400ms"),
+    ("OUTBOX_POLL_INTERVAL", "200ms"),
+    ("OUTBOX_RETRY_MAX", "500ms"),
+    ("DATABASE_ACQUIRE_TIMEOUT", "2s"),
+];
+
+/// A running inventory-worker process and its stock API.
+#[derive(Debug)]
+pub struct Worker {
+    pub instance: String,
+    pub process: ServiceProcess,
+    pub inventory: InventoryApi,
+}
+
+#[derive(Debug)]
+pub struct Stack {
+    pub nats: NatsServer,
+    pub db: TestDatabase,
+    pub api: OrderApi,
+    pub order_api: ServiceProcess,
+    pub workers: Vec<Worker>,
+    env: Vec<(String, String)>,
+}
+
+impl Stack {
+    /// Starts order-api and `workers` inventory-workers at the same moment (they create the
+    /// database, migrate and declare the topology concurrently) and waits until all are ready.
+    pub async fn start(workers: usize, extra_env: &[(&str, &str)]) -> Self {
+        crate::init_logging();
+        let nats = NatsServer::start().await;
+        let db = TestDatabase::new();
+        let mut env: Vec<(String, String)> = vec![
+            ("NATS_URL".into(), nats.url()),
+            ("DATABASE_URL".into(), db.url()),
+        ];
+        env.extend(
+            QUICK_SETTINGS
+                .iter()
+                .chain(extra_env)
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        );
+
+        let api_port = free_port();
+        let order_api = spawn(
+            "order-api",
+            "order-api",
+            &env,
+            &[("HTTP_ADDR", format!("127.0.0.1:{api_port}"))],
+        );
+        let mut stack = Self {
+            nats,
+            db,
+            api: OrderApi::new(format!("http://127.0.0.1:{api_port}")),
+            order_api,
+            workers: Vec::new(),
+            env,
+        };
+        for n in 1..=workers {
+            stack.spawn_worker_process(&format!("worker-{n}"));
+        }
+        let api_url = stack.api.base_url.clone();
+        stack.order_api.wait_ready(&api_url).await;
+        for worker in &mut stack.workers {
+            let url = worker.inventory.base_url.clone();
+            worker.process.wait_ready(&url).await;
+        }
+        stack
+    }
+
+    fn spawn_worker_process(&mut self, instance: &str) -> usize {
+        let port = free_port();
+        let process = spawn(
+            "inventory-worker",
+            instance,
+            &self.env,
+            &[
+                ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+                ("INSTANCE_ID", instance.to_owned()),
+            ],
+        );
+        self.workers.push(Worker {
+            instance: instance.to_owned(),
+            process,
+            inventory: InventoryApi::new(format!("http://127.0.0.1:{port}")),
+        });
+        self.workers.len() - 1
+    }
+
+    /// Starts one more worker and waits until it is ready.
+    pub async fn add_worker(&mut self, instance: &str) -> &Worker {
+        let index = self.spawn_worker_process(instance);
+        let worker = &mut self.workers[index];
+        let url = worker.inventory.base_url.clone();
+        worker.process.wait_ready(&url).await;
+        &self.workers[index]
+    }
+
+    /// The stock API of the last worker started (any worker answers for the shared stock).
+    pub fn inventory(&self) -> &InventoryApi {
+        &self.workers.last().expect("a worker").inventory
+    }
+
+    /// A pool on the test database whose connections see every service's schema.
+    pub async fn pool(&self) -> sqlx::PgPool {
+        self.db.pool("order_api, inventory").await
+    }
+
+    /// The shared worker consumer as JetStream reports it: (pending, ack pending).
+    pub async fn worker_consumer_backlog(&self) -> Option<(u64, usize)> {
+        let js = self.nats.jetstream().await;
+        let stream = js.get_stream("orders_stream").await.ok()?;
+        let info = stream.consumer_info("inventory-worker").await.ok()?;
+        Some((info.num_pending, info.num_ack_pending))
+    }
+}
+
+fn spawn(
+    binary: &str,
+    name: &str,
+    common: &[(String, String)],
+    own: &[(&str, String)],
+) -> ServiceProcess {
+    let mut env: Vec<(&str, String)> = common
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.clone()))
+        .collect();
+    env.extend(own.iter().map(|(k, v)| (*k, v.clone())));
+    ServiceProcess::spawn(binary, name, &env)
+}
