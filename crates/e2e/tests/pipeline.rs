@@ -188,7 +188,8 @@ async fn a_few_hundred_concurrent_orders_all_reach_their_final_status_and_stock_
     // dedupe key, so JetStream stores them and only the workers' idempotency stands in the way.
     let pool = stack.pool().await;
     let js = stack.nats.jetstream().await;
-    let sent: Vec<(String, Json<BTreeMap<String, String>>, Vec<u8>)> = sqlx::query_as(
+    type OutboxRow = (String, Json<BTreeMap<String, String>>, Vec<u8>);
+    let sent: Vec<OutboxRow> = sqlx::query_as(
         "SELECT subject, headers, payload FROM order_api.outbox ORDER BY id LIMIT 5",
     )
     .fetch_all(&pool)
