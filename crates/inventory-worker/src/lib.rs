@@ -102,26 +102,10 @@ impl Application {
     /// acknowledges the batch in hand, lets the relay finish its round, and flushes.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "inventory-worker listening");
-        let mut tasks = Tasks::new(shutdown.clone());
-        let app = stock::router(self.state.clone());
-        let listener = self.listener;
-        let stop = shutdown.clone();
-        tasks.spawn("http", async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await?;
-            Ok(())
-        });
-        let stop = shutdown.clone();
-        tasks.spawn("outbox relay", async move {
-            self.relay.run(stop).await;
-            Ok(())
-        });
-        let stop = shutdown.clone();
-        tasks.spawn("orders consumer", async move {
-            self.consumer.run(stop).await;
-            Ok(())
-        });
+        let mut tasks = Tasks::new(shutdown);
+        tasks.serve_http(self.listener, stock::router(self.state.clone()));
+        tasks.spawn_with_shutdown("outbox relay", |stop| self.relay.run(stop));
+        tasks.spawn_with_shutdown("orders consumer", |stop| self.consumer.run(stop));
         let result = tasks.run_until_stopped(Duration::from_secs(25)).await;
         // The acks of the last batch may still sit in the client's buffer.
         self.state.nats.flush().await.ok();

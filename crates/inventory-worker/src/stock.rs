@@ -1,8 +1,6 @@
 //! The stock API: `GET /inventory/{sku}`, `PUT /inventory/{sku}`, plus `GET /healthz` and
 //! `GET /readyz`. For demos and tests; reservations happen only through messages.
 
-use std::time::Duration;
-
 use axum::{
     Json, Router,
     extract::{Path, State},
@@ -10,15 +8,10 @@ use axum::{
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use shared::{
-    http::{
-        FieldError, JsonBody, Problem, log_server_errors, method_not_allowed_fallback,
-        not_found_fallback,
-    },
+    http::{FieldError, JsonBody, Problem},
     messages::check_identifier,
 };
-use tower_http::trace::TraceLayer;
 
 use crate::AppState;
 
@@ -39,15 +32,10 @@ pub struct SetStock {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/inventory/{sku}", get(get_stock).put(set_stock))
-        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
-        .route("/readyz", get(readyz))
-        .fallback(not_found_fallback)
-        .method_not_allowed_fallback(method_not_allowed_fallback)
-        .layer(axum::middleware::from_fn(log_server_errors))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .route("/readyz", get(readyz));
+    shared::http::service_routes(api).with_state(state)
 }
 
 fn checked_sku(sku: String) -> Result<String, Problem> {
@@ -105,20 +93,5 @@ async fn set_stock(
 }
 
 async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
-    let postgres = shared::db::ping(&app.pool).await;
-    let nats = shared::nats::is_connected(&app.nats);
-    let checks = json!({
-        "postgres": if postgres { "ok" } else { "unreachable" },
-        "nats": if nats { "ok" } else { "unreachable" },
-    });
-    if postgres && nats {
-        Ok(Json(json!({"status": "ready", "checks": checks})))
-    } else {
-        Err(Problem::unavailable(
-            "/problems/not-ready",
-            "A dependency is unreachable.",
-            Duration::from_secs(1),
-        )
-        .with_extra("checks", checks))
-    }
+    shared::http::readiness(&app.pool, &app.nats).await
 }

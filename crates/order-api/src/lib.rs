@@ -111,26 +111,10 @@ impl Application {
     /// Serves HTTP and runs the relay and the projection until `shutdown` is cancelled.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "order-api listening");
-        let mut tasks = Tasks::new(shutdown.clone());
-        let app = routes::router(self.state.clone());
-        let listener = self.listener;
-        let stop = shutdown.clone();
-        tasks.spawn("http", async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await?;
-            Ok(())
-        });
-        let stop = shutdown.clone();
-        tasks.spawn("outbox relay", async move {
-            self.relay.run(stop).await;
-            Ok(())
-        });
-        let stop = shutdown.clone();
-        tasks.spawn("status projection", async move {
-            self.projection.run(stop).await;
-            Ok(())
-        });
+        let mut tasks = Tasks::new(shutdown);
+        tasks.serve_http(self.listener, routes::router(self.state.clone()));
+        tasks.spawn_with_shutdown("outbox relay", |stop| self.relay.run(stop));
+        tasks.spawn_with_shutdown("status projection", |stop| self.projection.run(stop));
         let result = tasks.run_until_stopped(Duration::from_secs(15)).await;
         // Acks and publishes still buffered in the client go out before the process exits.
         self.state.nats.flush().await.ok();

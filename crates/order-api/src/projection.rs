@@ -47,14 +47,13 @@ impl Handler for StatusProjection {
             let (status, reason) = match event {
                 OrderEvent::Reserved(_) => (OrderStatus::Reserved, None),
                 OrderEvent::Rejected(e) => (OrderStatus::Rejected, Some(e.reason.as_str())),
+                OrderEvent::DeadLettered(e) => (OrderStatus::DeadLettered, Some(e.reason.as_str())),
             };
-            // Allowed moves: pending → any outcome; dead_lettered → reserved/rejected (after a
-            // replay). reserved and rejected are final.
+            // Allowed moves: from pending to any outcome, and from dead_lettered to any outcome
+            // (a replayed order is processed again). reserved and rejected are final.
             let updated = sqlx::query(
                 "UPDATE orders SET status = $2, reason = $3, updated_at = now()
-                 WHERE id = $1
-                   AND (status = 'pending'
-                        OR (status = 'dead_lettered' AND $2 IN ('reserved', 'rejected')))",
+                 WHERE id = $1 AND status IN ('pending', 'dead_lettered')",
             )
             .bind(event.order_id())
             .bind(status)

@@ -1,4 +1,5 @@
-//! HTTP routes: `POST /orders`, `GET /orders/{id}`, `GET /healthz`, `GET /readyz`.
+//! HTTP routes: `POST /orders`, `GET /orders/{id}`, `GET /readyz` (and, from
+//! [`shared::http::service_routes`], `GET /healthz`).
 
 use std::time::Duration;
 
@@ -10,12 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde_json::json;
-use shared::http::{
-    FieldError, JsonBody, Problem, log_server_errors, method_not_allowed_fallback,
-    not_found_fallback,
-};
-use tower_http::trace::TraceLayer;
+use shared::http::{FieldError, JsonBody, Problem};
 use uuid::Uuid;
 
 use crate::{
@@ -30,18 +26,13 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let api = Router::new()
         .route("/orders", post(place_order))
         .route("/orders/{id}", get(get_order))
-        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .fallback(not_found_fallback)
-        .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(request_timeout))
-        .layer(middleware::from_fn(log_server_errors))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(middleware::from_fn(request_timeout));
+    shared::http::service_routes(api).with_state(state)
 }
 
 /// `POST /orders`: validate, refuse if overloaded, then store the order and its message in
@@ -122,29 +113,9 @@ async fn get_order(
     }
 }
 
-/// `GET /healthz`: the process is alive.
-async fn healthz() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
-}
-
 /// `GET /readyz`: Postgres and NATS are both reachable.
 async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
-    let postgres = shared::db::ping(&app.pool).await;
-    let nats = shared::nats::is_connected(&app.nats);
-    let checks = json!({
-        "postgres": if postgres { "ok" } else { "unreachable" },
-        "nats": if nats { "ok" } else { "unreachable" },
-    });
-    if postgres && nats {
-        Ok(Json(json!({"status": "ready", "checks": checks})))
-    } else {
-        Err(Problem::unavailable(
-            "/problems/not-ready",
-            "A dependency is unreachable.",
-            Duration::from_secs(1),
-        )
-        .with_extra("checks", checks))
-    }
+    shared::http::readiness(&app.pool, &app.nats).await
 }
 
 async fn request_timeout(request: Request, next: Next) -> Response {

@@ -260,6 +260,9 @@ pub struct NatsConfig {
     pub url: String,
     pub orders_stream: OrdersStreamSettings,
     pub events_stream: EventsStreamSettings,
+    /// `UNPROCESSED_STREAM_MAX_AGE`: how long `orders_unprocessed` keeps advisories and copies
+    /// (the dead-letter table keeps its rows for good).
+    pub unprocessed_max_age: Duration,
 }
 
 impl NatsConfig {
@@ -278,6 +281,10 @@ impl NatsConfig {
             url,
             orders_stream: OrdersStreamSettings::from_env(env)?,
             events_stream: EventsStreamSettings::from_env(env)?,
+            unprocessed_max_age: env.duration(
+                "UNPROCESSED_STREAM_MAX_AGE",
+                Duration::from_secs(14 * 24 * 3600),
+            )?,
         })
     }
 }
@@ -360,9 +367,9 @@ pub struct ConsumerSettings {
     pub batch_size: usize,
     /// Deliveries before JetStream gives up on a message and emits a MAX_DELIVERIES advisory.
     pub max_deliver: i64,
-    /// Pause before each redelivery: used as the consumer's `backoff` (after an ack timeout,
-    /// e.g. a crashed worker) and as the delay of our own naks (after a failed attempt).
-    /// The first value is also the ack wait.
+    /// The consumer's `BackOff`: how long JetStream waits, after each delivery, for an
+    /// acknowledgement before it delivers the message again (a failed attempt, or a worker that
+    /// crashed or hung). The first value is also the ack wait; the last repeats.
     pub backoff: Vec<Duration>,
     /// Most messages delivered and not yet acknowledged, across all processes sharing the consumer.
     pub max_ack_pending: i64,
@@ -389,9 +396,9 @@ impl ConsumerSettings {
             ));
         }
         let max_deliver = env.number(&var("MAX_DELIVER"), 5, 1..=1_000)?;
-        // Defaults: 5 deliveries, 2+4+6+8 = 20 s of pauses, so a message that always fails is
-        // dead-lettered about 20 s after it was first delivered.
-        let backoff = env.durations(&var("BACKOFF"), &[2, 4, 6, 8].map(Duration::from_secs))?;
+        // Defaults: 5 deliveries, 1+2+4+8 s apart; JetStream gives up on a message that always
+        // fails when the 5th wait (8 s again) runs out, about 23 s after its first delivery.
+        let backoff = env.durations(&var("BACKOFF"), &[1, 2, 4, 8].map(Duration::from_secs))?;
         if backoff.is_empty() || backoff.iter().any(Duration::is_zero) {
             return Err(ConfigError::new(
                 &var("BACKOFF"),
@@ -420,7 +427,7 @@ impl ConsumerSettings {
         })
     }
 
-    /// The pause before the next delivery, after `attempt` deliveries (1-based) failed.
+    /// How long JetStream waits after delivery number `attempt` (1-based) before the next one.
     pub fn delay_after(&self, attempt: u64) -> Duration {
         let index = (attempt.max(1) - 1) as usize;
         self.backoff[index.min(self.backoff.len() - 1)]
@@ -480,10 +487,12 @@ mod tests {
     #[test]
     fn default_retries_dead_letter_within_thirty_seconds() {
         let settings = ConsumerSettings::from_env(&Env::from_pairs([]), "WORKER", "w").unwrap();
-        let pauses: Duration = (1..settings.max_deliver as u64)
+        // Every delivery, the last included, waits its BackOff step before JetStream moves on.
+        let until_given_up: Duration = (1..=settings.max_deliver as u64)
             .map(|attempt| settings.delay_after(attempt))
             .sum();
-        assert!(pauses < Duration::from_secs(30), "{pauses:?}");
+        assert_eq!(until_given_up, Duration::from_secs(1 + 2 + 4 + 8 + 8));
+        assert!(until_given_up < Duration::from_secs(30));
         // After the last listed pause, the last one repeats.
         assert_eq!(settings.delay_after(99), Duration::from_secs(8));
     }

@@ -23,21 +23,40 @@
 //! While a batch is being applied, the messages in hand are kept alive with "in progress" acks,
 //! so a slow transaction does not get them redelivered to another worker.
 //!
-//! Failures: a message whose attempt fails is negatively acknowledged with a delay from the
-//! consumer's backoff list, so retries are spaced out; after `max_deliver` attempts JetStream
-//! gives up and emits a MAX_DELIVERIES advisory. If Postgres itself is unreachable, the batch is
-//! nak'ed and the consumer **stops pulling** until Postgres answers again, so an outage does not
-//! burn every message's delivery attempts.
+//! Failures: a message whose attempt fails is simply **not acknowledged**. JetStream redelivers
+//! it when its ack wait runs out, and the consumer's `BackOff` list makes each wait longer
+//! (1 s, 2 s, 4 s, 8 s by default): one retry schedule, the same for a failed attempt and for a
+//! worker that crashed or hung. (A nak would need a delay of its own, and JetStream adds a
+//! nak's delay to the BackOff step rather than replacing it.) After `max_deliver` attempts
+//! JetStream gives up and emits a MAX_DELIVERIES advisory, which the dead-letter service
+//! captures; the last attempt's error is published beside it. A poison message, which no retry
+//! can fix, is copied to the dead-letter stream and terminated at once.
+//!
+//! If Postgres itself is unreachable, the batch is left unacknowledged and the consumer **stops
+//! pulling** until Postgres answers again, so an outage does not burn every message's delivery
+//! attempts.
 
 use std::{collections::HashSet, fmt::Debug, future::Future, time::Duration};
 
-use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, AckKind, consumer::PullConsumer, message::PublishMessage},
+};
+use bytes::Bytes;
 use futures::StreamExt;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::{config::ConsumerSettings, db, messages::Envelope, outbox::OutboxWaker};
+use crate::{
+    config::ConsumerSettings,
+    db,
+    messages::{
+        Envelope,
+        dead_letter::{self, LAST_ERROR_SUBJECT, POISON_SUBJECT},
+    },
+    outbox::OutboxWaker,
+};
 
 /// One delivery of a message, with what the consumer needs to know about it.
 #[derive(Debug)]
@@ -88,9 +107,9 @@ pub enum Disposition<O> {
     Applied(O),
     /// Its logical ID was already recorded: acknowledged, nothing changed.
     Duplicate,
-    /// This attempt failed: negatively acknowledged, redelivered after `delay`.
+    /// This attempt failed: not acknowledged, redelivered after `delay` (the BackOff step).
     Retry { reason: String, delay: Duration },
-    /// Unreadable: left for JetStream to give up on (it stays in the stream).
+    /// Unreadable: copied to the dead-letter stream with its reason, then terminated.
     Poison { reason: String },
 }
 
@@ -147,14 +166,14 @@ impl<H: Handler> IdempotentConsumer<H> {
             let batch = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return,
-                batch = self.next_batch() => batch,
+                batch = pull_batch(&self.consumer, self.settings.batch_size) => batch,
             };
             let messages = match batch {
                 Ok(messages) if messages.is_empty() => continue,
                 Ok(messages) => messages,
                 Err(err) => {
                     tracing::warn!(consumer = %name, error = %err, "pull failed; retrying");
-                    sleep_or_cancel(Duration::from_secs(1), &shutdown).await;
+                    crate::shutdown::sleep_or_cancel(Duration::from_secs(1), &shutdown).await;
                     continue;
                 }
             };
@@ -169,41 +188,6 @@ impl<H: Handler> IdempotentConsumer<H> {
                 self.wait_for_database(&shutdown).await;
             }
         }
-    }
-
-    /// Waits for a first message, then takes whatever else is ready, up to the batch size.
-    ///
-    /// Pulling only when ready to process is what makes stopping safe: no message is delivered
-    /// to this process while it works on a batch or waits for Postgres, so none sits in a
-    /// buffer here while its ack timer runs out and burns a delivery attempt.
-    async fn next_batch(&self) -> Result<Vec<jetstream::Message>, async_nats::Error> {
-        let size = self.settings.batch_size;
-        let mut messages =
-            collect(self.consumer.fetch().max_messages(size).messages().await?).await;
-        if messages.is_empty() {
-            // Long poll: answers as soon as one message arrives, or empty after `expires`.
-            let first = self
-                .consumer
-                .batch()
-                .max_messages(1)
-                .expires(Duration::from_secs(5))
-                .messages()
-                .await?;
-            messages = collect(first).await;
-            if !messages.is_empty() && size > 1 {
-                messages.extend(
-                    collect(
-                        self.consumer
-                            .fetch()
-                            .max_messages(size - 1)
-                            .messages()
-                            .await?,
-                    )
-                    .await,
-                );
-            }
-        }
-        Ok(messages)
     }
 
     /// Processes one batch of received messages: prepare, apply in one transaction, commit,
@@ -269,14 +253,8 @@ impl<H: Handler> IdempotentConsumer<H> {
         let applied = match applied {
             Ok(applied) => applied,
             Err(err) => {
-                // Nothing was committed: hand every message back, after a pause.
-                for (delivery, _) in &to_apply {
-                    self.nak(
-                        &delivery.message,
-                        self.settings.delay_after(delivery.attempt),
-                    )
-                    .await;
-                }
+                // Nothing was committed. The messages in hand are left unacknowledged: JetStream
+                // hands them out again after their BackOff step, by when Postgres may be back.
                 for (message, processed) in &done {
                     self.settle(message, &processed.disposition).await;
                 }
@@ -444,39 +422,128 @@ impl<H: Handler> IdempotentConsumer<H> {
                 }
             }
             Disposition::Retry { reason, delay } => {
-                tracing::info!(%consumer, %reason, retry_in = ?delay, "attempt failed; will retry");
-                self.nak(message, *delay).await;
+                // Not acknowledged: JetStream redelivers it after `delay`, the next BackOff step.
+                if message
+                    .info()
+                    .is_ok_and(|info| info.delivered >= self.settings.max_deliver)
+                {
+                    tracing::warn!(%consumer, %reason, gives_up_in = ?delay, "last attempt failed; JetStream will dead-letter the message");
+                    // Leave word of why, for the dead-letter record (the MAX_DELIVERIES
+                    // advisory does not say).
+                    self.publish_about(message, LAST_ERROR_SUBJECT, reason, Bytes::new())
+                        .await
+                        .ok();
+                } else {
+                    tracing::info!(%consumer, %reason, retry_in = ?delay, "attempt failed; will retry");
+                }
             }
             Disposition::Poison { reason } => {
                 let sequence = message
                     .info()
                     .map(|i| i.stream_sequence)
                     .unwrap_or_default();
-                // Never terminate a message whose copy is not stored elsewhere: a work-queue
-                // stream deletes what is terminated. Nak'ing it lets JetStream exhaust its
-                // deliveries; it then stays in the stream, where the dead-letter path finds it.
-                tracing::error!(%consumer, stream_sequence = sequence, %reason, "poison message");
-                if let Err(err) = message.ack_with(AckKind::Nak(None)).await {
-                    tracing::warn!(%consumer, error = %err, "nak failed");
+                tracing::error!(%consumer, stream_sequence = sequence, %reason, "poison message: copying it to the dead-letter stream");
+                // A work-queue stream deletes a terminated message, so terminate only once a
+                // copy is stored; if the copy fails, leave it unacknowledged and try again on
+                // redelivery.
+                match self
+                    .publish_about(message, POISON_SUBJECT, reason, message.payload.clone())
+                    .await
+                {
+                    Ok(()) => {
+                        if let Err(err) = terminate(message, reason).await {
+                            tracing::warn!(%consumer, error = %err, "term failed; the message will be redelivered");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(%consumer, error = %err, "could not store a copy of the poison message; not terminating it");
+                    }
                 }
             }
         }
     }
 
-    async fn nak(&self, message: &jetstream::Message, delay: Duration) {
-        if let Err(err) = message.ack_with(AckKind::Nak(Some(delay))).await {
-            tracing::warn!(consumer = %self.settings.name, error = %err, "nak failed; the message will be redelivered after its ack wait");
+    /// Publishes `payload` to a dead-letter subject with headers saying where `message` came
+    /// from and why, and waits until JetStream has stored it.
+    async fn publish_about(
+        &self,
+        message: &jetstream::Message,
+        subject: &'static str,
+        reason: &str,
+        payload: Bytes,
+    ) -> Result<(), async_nats::Error> {
+        let info = message.info()?;
+        let mut headers = HeaderMap::new();
+        for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
+            // The original's broker headers (Nats-Msg-Id, …) do not belong to the copy.
+            if !AsRef::<str>::as_ref(name).starts_with("Nats-") {
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
         }
+        let one_line: String = reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        headers.insert(dead_letter::REASON, one_line.as_str());
+        headers.insert(dead_letter::SOURCE_STREAM, info.stream);
+        headers.insert(
+            dead_letter::SOURCE_SEQUENCE,
+            info.stream_sequence.to_string().as_str(),
+        );
+        headers.insert(dead_letter::SOURCE_SUBJECT, message.subject.as_str());
+        headers.insert(dead_letter::CONSUMER, info.consumer);
+        headers.insert(dead_letter::DELIVERIES, info.delivered.to_string().as_str());
+        let dedupe = format!(
+            "{subject}:{}:{}:{}",
+            info.stream, info.stream_sequence, info.delivered
+        );
+        let publish = PublishMessage::build()
+            .payload(payload)
+            .headers(headers)
+            .message_id(dedupe);
+        message
+            .context
+            .send_publish(subject, publish)
+            .await?
+            .await?;
+        Ok(())
     }
 
     async fn wait_for_database(&self, shutdown: &CancellationToken) {
-        while !shutdown.is_cancelled() && !db::ping(&self.pool).await {
-            sleep_or_cancel(Duration::from_secs(1), shutdown).await;
-        }
+        db::wait_until_available(&self.pool, shutdown).await;
         if !shutdown.is_cancelled() {
             tracing::info!(consumer = %self.settings.name, "Postgres is back: pulling again");
         }
     }
+}
+
+/// Waits for a first message, then takes whatever else is ready, up to `size`.
+///
+/// Pulling only when ready to process is what makes stopping safe: no message is delivered
+/// to this process while it works on a batch or waits for Postgres, so none sits in a
+/// buffer here while its ack timer runs out and burns a delivery attempt.
+pub async fn pull_batch(
+    consumer: &PullConsumer,
+    size: usize,
+) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+    let mut messages = collect(consumer.fetch().max_messages(size).messages().await?).await;
+    if messages.is_empty() {
+        // Long poll: answers as soon as one message arrives, or empty after `expires`.
+        let first = consumer
+            .batch()
+            .max_messages(1)
+            .expires(Duration::from_secs(5))
+            .messages()
+            .await?;
+        messages = collect(first).await;
+        if !messages.is_empty() && size > 1 {
+            messages
+                .extend(collect(consumer.fetch().max_messages(size - 1).messages().await?).await);
+        }
+    }
+    Ok(messages)
 }
 
 /// Drives `work` to completion, sending "in progress" for `messages` every half ack wait.
@@ -513,9 +580,22 @@ async fn collect(batch: jetstream::consumer::pull::Batch) -> Vec<jetstream::Mess
         .await
 }
 
-async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) {
-    tokio::select! {
-        _ = shutdown.cancelled() => {}
-        _ = tokio::time::sleep(duration) => {}
-    }
+/// Terminates a message with a reason (`+TERM <reason>`, servers >= 2.10.4); async-nats has no
+/// call that carries the reason, so the ack is published by hand to the message's reply subject.
+async fn terminate(message: &jetstream::Message, reason: &str) -> Result<(), async_nats::Error> {
+    let reply = message
+        .reply
+        .clone()
+        .ok_or("message has no reply subject")?;
+    let reason: String = reason
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    message
+        .context
+        .client()
+        .publish(reply, format!("+TERM {reason}").into())
+        .await?;
+    Ok(())
 }

@@ -147,3 +147,10 @@ pub async fn ping(pool: &PgPool) -> bool {
         Ok(Ok(_))
     )
 }
+
+/// Returns once Postgres answers again (checking every second), or when `shutdown` is cancelled.
+pub async fn wait_until_available(pool: &PgPool, shutdown: &tokio_util::sync::CancellationToken) {
+    while !shutdown.is_cancelled() && !ping(pool).await {
+        crate::shutdown::sleep_or_cancel(Duration::from_secs(1), shutdown).await;
+    }
+}

@@ -16,7 +16,7 @@
 use std::{sync::Arc, time::Duration};
 
 use axum::{
-    extract::{FromRequest, Request, rejection::BytesRejection},
+    extract::{FromRequest, OptionalFromRequest, Request, rejection::BytesRejection},
     http::{HeaderValue, StatusCode, header},
     middleware::Next,
     response::{IntoResponse, Response},
@@ -232,6 +232,22 @@ pub async fn log_server_errors(request: Request, next: Next) -> Response {
     response
 }
 
+/// What every service's router has: `GET /healthz`, problem documents for unknown routes and
+/// methods, 5xx causes logged, and a span per request.
+pub fn service_routes<S: Clone + Send + Sync + 'static>(
+    router: axum::Router<S>,
+) -> axum::Router<S> {
+    router
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .fallback(not_found_fallback)
+        .method_not_allowed_fallback(method_not_allowed_fallback)
+        .layer(axum::middleware::from_fn(log_server_errors))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+}
+
 /// The answer to a route that does not exist.
 pub async fn not_found_fallback() -> Problem {
     Problem::not_found("No such resource.")
@@ -273,6 +289,50 @@ where
             .await
             .map_err(body_rejection)?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// An optional JSON body: a request without `Content-Type` has none.
+impl<T, S> OptionalFromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = Problem;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        if req.headers().get(header::CONTENT_TYPE).is_none() {
+            return Ok(None);
+        }
+        <Self as FromRequest<S>>::from_request(req, state)
+            .await
+            .map(Some)
+    }
+}
+
+/// `GET /readyz` for every service: 200 when Postgres and NATS are both reachable, else 503
+/// with the state of each.
+pub async fn readiness(
+    pool: &sqlx::PgPool,
+    nats: &async_nats::Client,
+) -> Result<axum::Json<serde_json::Value>, Problem> {
+    let postgres = crate::db::ping(pool).await;
+    let nats = crate::nats::is_connected(nats);
+    let checks = serde_json::json!({
+        "postgres": if postgres { "ok" } else { "unreachable" },
+        "nats": if nats { "ok" } else { "unreachable" },
+    });
+    if postgres && nats {
+        Ok(axum::Json(
+            serde_json::json!({"status": "ready", "checks": checks}),
+        ))
+    } else {
+        Err(Problem::unavailable(
+            "/problems/not-ready",
+            "A dependency is unreachable.",
+            Duration::from_secs(1),
+        )
+        .with_extra("checks", checks))
     }
 }
 

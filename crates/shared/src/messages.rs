@@ -25,6 +25,28 @@ pub mod subjects {
     pub const ORDERS_NEW: &str = "orders.new";
     pub const ORDER_RESERVED: &str = "order_events.reserved";
     pub const ORDER_REJECTED: &str = "order_events.rejected";
+    pub const ORDER_DEAD_LETTERED: &str = "order_events.dead_lettered";
+}
+
+/// What a consumer publishes about messages it gives up on, for the dead-letter service.
+///
+/// Both subjects are captured by the `orders_unprocessed` stream, beside JetStream's
+/// MAX_DELIVERIES advisories (see [`crate::topology`]).
+pub mod dead_letter {
+    /// A copy of a poison message (payload and headers), published before the original is
+    /// terminated: a work-queue stream deletes what is terminated.
+    pub const POISON_SUBJECT: &str = "orders_unprocessed.poison";
+    /// The error of a message's last delivery attempt, published just before the consumer
+    /// gives up on it, so the dead-letter record can say why it failed.
+    pub const LAST_ERROR_SUBJECT: &str = "orders_unprocessed.last_error";
+
+    /// Headers describing where a copied or annotated message came from, and why.
+    pub const REASON: &str = "Dlq-Reason";
+    pub const SOURCE_STREAM: &str = "Dlq-Source-Stream";
+    pub const SOURCE_SEQUENCE: &str = "Dlq-Source-Sequence";
+    pub const SOURCE_SUBJECT: &str = "Dlq-Source-Subject";
+    pub const CONSUMER: &str = "Dlq-Consumer";
+    pub const DELIVERIES: &str = "Dlq-Deliveries";
 }
 
 /// CloudEvents attribute headers (binary content mode).
@@ -94,6 +116,18 @@ pub struct OrderRejected {
     pub rejected_at: DateTime<Utc>,
 }
 
+/// `order_events.dead_lettered`: processing failed on every attempt; the message waits in the
+/// dead-letter table for review.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderDeadLettered {
+    pub version: u32,
+    pub order_id: Uuid,
+    pub reason: String,
+    /// The row in the dead-letter service's table.
+    pub dead_letter_id: Uuid,
+    pub dead_lettered_at: DateTime<Utc>,
+}
+
 /// A payload type with its CloudEvents type and the subject it is published on.
 pub trait Event: Serialize + DeserializeOwned {
     /// `ce-type`, e.g. `orders.placed.v1`.
@@ -116,11 +150,17 @@ impl Event for OrderRejected {
     const SUBJECT: &'static str = subjects::ORDER_REJECTED;
 }
 
+impl Event for OrderDeadLettered {
+    const TYPE: &'static str = "order_events.dead_lettered.v1";
+    const SUBJECT: &'static str = subjects::ORDER_DEAD_LETTERED;
+}
+
 /// The outcome events on `order_events.>` that order-api projects into an order's status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OrderEvent {
     Reserved(OrderReserved),
     Rejected(OrderRejected),
+    DeadLettered(OrderDeadLettered),
 }
 
 impl OrderEvent {
@@ -129,6 +169,7 @@ impl OrderEvent {
         match event_type {
             OrderReserved::TYPE => decode(payload).map(Self::Reserved),
             OrderRejected::TYPE => decode(payload).map(Self::Rejected),
+            OrderDeadLettered::TYPE => decode(payload).map(Self::DeadLettered),
             other => Err(DecodeError::UnknownType(other.to_owned())),
         }
     }
@@ -137,6 +178,7 @@ impl OrderEvent {
         match self {
             Self::Reserved(e) => e.order_id,
             Self::Rejected(e) => e.order_id,
+            Self::DeadLettered(e) => e.order_id,
         }
     }
 }

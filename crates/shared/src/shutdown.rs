@@ -37,6 +37,14 @@ async fn signal() {
     ctrl_c.await.ok();
 }
 
+/// Sleeps for `duration`, or less if `shutdown` is cancelled meanwhile.
+pub async fn sleep_or_cancel(duration: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(duration) => {}
+    }
+}
+
 /// The long-running tasks of one service.
 #[derive(Debug)]
 pub struct Tasks {
@@ -57,6 +65,30 @@ impl Tasks {
         F: Future<Output = anyhow::Result<()>> + Send + 'static,
     {
         self.set.spawn(async move { (name, task.await) });
+    }
+
+    /// Spawns a loop that runs until the shutdown signal it is given fires (a relay, a consumer).
+    pub fn spawn_with_shutdown<F, Fut>(&mut self, name: &'static str, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let run = task(self.shutdown.clone());
+        self.spawn(name, async move {
+            run.await;
+            Ok(())
+        });
+    }
+
+    /// Serves HTTP until shutdown; requests in flight are finished first.
+    pub fn serve_http(&mut self, listener: tokio::net::TcpListener, router: axum::Router) {
+        let stop = self.shutdown.clone();
+        self.spawn("http", async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await?;
+            Ok(())
+        });
     }
 
     /// Waits for shutdown (or for a task to end by itself, which triggers shutdown), then for

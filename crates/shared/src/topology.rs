@@ -10,6 +10,8 @@
 //! | `inventory-worker` on `orders.new` | durable pull consumer | shared by every worker process: they load-balance one queue |
 //! | `order_events` on `order_events.>` | limits (a week) | pub/sub: any number of services read outcomes, each with its own consumer |
 //! | `order-api-projection` on `order_events.>` | durable pull consumer | order-api's view of outcomes |
+//! | `orders_unprocessed` on MAX_DELIVERIES advisories and `orders_unprocessed.>` | limits (two weeks) | the dead-letter queue: advisories are dropped when nobody listens, so a stream keeps them |
+//! | `dlq-service` on `orders_unprocessed` | durable pull consumer | the dead-letter service's capture |
 
 use std::time::Duration;
 
@@ -25,6 +27,11 @@ pub const ORDERS_STREAM: &str = "orders_stream";
 pub const ORDERS_SUBJECTS: &str = "orders.*";
 pub const EVENTS_STREAM: &str = "order_events";
 pub const EVENTS_SUBJECTS: &str = "order_events.>";
+pub const UNPROCESSED_STREAM: &str = "orders_unprocessed";
+/// JetStream publishes this when a message of `orders_stream` reached its consumer's
+/// `max_deliver`; the last token is the consumer's name.
+pub const MAX_DELIVERIES_ADVISORIES: &str =
+    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.orders_stream.*";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -80,6 +87,28 @@ pub fn events_stream_config(settings: &EventsStreamSettings) -> stream::Config {
     }
 }
 
+/// `orders_unprocessed`: the seed article's dead-letter stream, capturing the MAX_DELIVERIES
+/// advisories of `orders_stream` and what consumers publish about messages they give up on
+/// (poison copies, last errors). Declared by every service, so nothing is missed while the
+/// dead-letter service is down.
+pub fn unprocessed_stream_config(max_age: Duration) -> stream::Config {
+    stream::Config {
+        name: UNPROCESSED_STREAM.to_owned(),
+        description: Some(
+            "Orders that could not be processed: advisories and poison copies".to_owned(),
+        ),
+        subjects: vec![
+            MAX_DELIVERIES_ADVISORIES.to_owned(),
+            "orders_unprocessed.>".to_owned(),
+        ],
+        retention: RetentionPolicy::Limits,
+        storage: StorageType::File,
+        max_age,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
 /// A durable pull consumer that acknowledges explicitly and spaces out redeliveries.
 pub fn durable_consumer_config(settings: &ConsumerSettings, filter_subject: &str) -> pull::Config {
     pull::Config {
@@ -100,7 +129,7 @@ pub fn durable_consumer_config(settings: &ConsumerSettings, filter_subject: &str
     }
 }
 
-/// Creates or updates both streams.
+/// Creates or updates the three streams.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     nats: &NatsConfig,
@@ -108,6 +137,10 @@ pub async fn ensure_streams(
     for (stream, config) in [
         (ORDERS_STREAM, orders_stream_config(&nats.orders_stream)),
         (EVENTS_STREAM, events_stream_config(&nats.events_stream)),
+        (
+            UNPROCESSED_STREAM,
+            unprocessed_stream_config(nats.unprocessed_max_age),
+        ),
     ] {
         js.create_or_update_stream(config)
             .await

@@ -197,7 +197,7 @@ async fn the_topology_matches_the_seed_article_and_declaring_it_again_is_harmles
     let info = stream.consumer_info("inventory-worker").await.unwrap();
     assert_eq!(info.config.ack_policy, AckPolicy::Explicit);
     assert_eq!(info.config.max_deliver, 5);
-    assert_eq!(info.config.backoff, [2, 4, 6, 8].map(Duration::from_secs));
+    assert_eq!(info.config.backoff, [1, 2, 4, 8].map(Duration::from_secs));
     assert_eq!(info.config.filter_subject, "orders.new");
 }
 

@@ -31,13 +31,31 @@ pub struct Stack {
     pub api: OrderApi,
     pub order_api: ServiceProcess,
     pub workers: Vec<Worker>,
+    /// dlq-service, when started with [`Stack::start_with_dlq`].
+    pub dlq: Option<Dlq>,
     env: Vec<(String, String)>,
+}
+
+/// A running dlq-service and its review API's base URL.
+#[derive(Debug)]
+pub struct Dlq {
+    pub process: ServiceProcess,
+    pub base_url: String,
 }
 
 impl Stack {
     /// Starts order-api and `workers` inventory-workers at the same moment (they create the
     /// database, migrate and declare the topology concurrently) and waits until all are ready.
     pub async fn start(workers: usize, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_services(workers, false, extra_env).await
+    }
+
+    /// Like [`Stack::start`], with dlq-service too.
+    pub async fn start_with_dlq(workers: usize, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_services(workers, true, extra_env).await
+    }
+
+    async fn start_services(workers: usize, dlq: bool, extra_env: &[(&str, &str)]) -> Self {
         crate::init_logging();
         let nats = NatsServer::start().await;
         let db = TestDatabase::new();
@@ -65,10 +83,14 @@ impl Stack {
             api: OrderApi::new(format!("http://127.0.0.1:{api_port}")),
             order_api,
             workers: Vec::new(),
+            dlq: None,
             env,
         };
         for n in 1..=workers {
             stack.spawn_worker_process(&format!("worker-{n}"));
+        }
+        if dlq {
+            stack.spawn_dlq_process();
         }
         let api_url = stack.api.base_url.clone();
         stack.order_api.wait_ready(&api_url).await;
@@ -76,20 +98,62 @@ impl Stack {
             let url = worker.inventory.base_url.clone();
             worker.process.wait_ready(&url).await;
         }
+        stack.wait_dlq_ready().await;
         stack
     }
 
-    fn spawn_worker_process(&mut self, instance: &str) -> usize {
+    fn spawn_dlq_process(&mut self) {
         let port = free_port();
         let process = spawn(
-            "inventory-worker",
-            instance,
+            "dlq-service",
+            "dlq-service",
             &self.env,
-            &[
-                ("HTTP_ADDR", format!("127.0.0.1:{port}")),
-                ("INSTANCE_ID", instance.to_owned()),
-            ],
+            &[("HTTP_ADDR", format!("127.0.0.1:{port}"))],
         );
+        self.dlq = Some(Dlq {
+            process,
+            base_url: format!("http://127.0.0.1:{port}"),
+        });
+    }
+
+    async fn wait_dlq_ready(&mut self) {
+        if let Some(dlq) = &mut self.dlq {
+            let url = dlq.base_url.clone();
+            dlq.process.wait_ready(&url).await;
+        }
+    }
+
+    /// Starts dlq-service again (after its process was stopped or killed), same port.
+    pub async fn restart_dlq(&mut self) {
+        let dlq = self.dlq.take().expect("dlq-service was started");
+        let url = dlq.base_url.clone();
+        drop(dlq);
+        let port = url.rsplit(':').next().expect("port").to_owned();
+        let process = spawn(
+            "dlq-service",
+            "dlq-service",
+            &self.env,
+            &[("HTTP_ADDR", format!("127.0.0.1:{port}"))],
+        );
+        self.dlq = Some(Dlq {
+            process,
+            base_url: url,
+        });
+        self.wait_dlq_ready().await;
+    }
+
+    fn spawn_worker_process(&mut self, instance: &str) -> usize {
+        self.spawn_worker_process_with(instance, &[])
+    }
+
+    fn spawn_worker_process_with(&mut self, instance: &str, extra_env: &[(&str, &str)]) -> usize {
+        let port = free_port();
+        let mut own = vec![
+            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
+            ("INSTANCE_ID", instance.to_owned()),
+        ];
+        own.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        let process = spawn("inventory-worker", instance, &self.env, &own);
         self.workers.push(Worker {
             instance: instance.to_owned(),
             process,
@@ -100,7 +164,12 @@ impl Stack {
 
     /// Starts one more worker and waits until it is ready.
     pub async fn add_worker(&mut self, instance: &str) -> &Worker {
-        let index = self.spawn_worker_process(instance);
+        self.add_worker_with(instance, &[]).await
+    }
+
+    /// Starts one more worker with settings of its own (e.g. `INVENTORY_FAILURE_RATE`).
+    pub async fn add_worker_with(&mut self, instance: &str, extra_env: &[(&str, &str)]) -> &Worker {
+        let index = self.spawn_worker_process_with(instance, extra_env);
         let worker = &mut self.workers[index];
         let url = worker.inventory.base_url.clone();
         worker.process.wait_ready(&url).await;
@@ -114,7 +183,7 @@ impl Stack {
 
     /// A pool on the test database whose connections see every service's schema.
     pub async fn pool(&self) -> sqlx::PgPool {
-        self.db.pool("order_api, inventory").await
+        self.db.pool("order_api, inventory, dlq").await
     }
 
     /// The shared worker consumer as JetStream reports it: (pending, ack pending).

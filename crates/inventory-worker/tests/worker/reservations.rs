@@ -8,7 +8,9 @@ use inventory_worker::{
 };
 use shared::{
     consumer::{Disposition, IdempotentConsumer},
-    messages::{OrderRejected, OrderReserved, OutgoingMessage, decode, subjects::ORDERS_NEW},
+    messages::{
+        OrderRejected, OrderReserved, OutgoingMessage, dead_letter, decode, subjects::ORDERS_NEW,
+    },
     topology::{self, ORDERS_STREAM},
 };
 use test_support::{NatsServer, TestDatabase, wait_until};
@@ -250,6 +252,10 @@ async fn a_failing_order_exhausts_its_deliveries_and_stays_in_the_stream() {
         .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.orders_stream.inventory-worker")
         .await
         .unwrap();
+    let mut last_errors = client
+        .subscribe(dead_letter::LAST_ERROR_SUBJECT)
+        .await
+        .unwrap();
 
     let message = OutgoingMessage::event(&order(&[("FAIL-1", 1)]), "test");
     let sequence = publish(&js, &message).await;
@@ -261,6 +267,23 @@ async fn a_failing_order_exhausts_its_deliveries_and_stays_in_the_stream() {
     let advisory: serde_json::Value = serde_json::from_slice(&advisory.payload).unwrap();
     assert_eq!(advisory["stream_seq"], sequence);
     assert_eq!(advisory["deliveries"], 3);
+    // The last attempt's error was published for the dead-letter record.
+    let note = tokio::time::timeout(EVENT_TIMEOUT, last_errors.next())
+        .await
+        .expect("a last-error note")
+        .unwrap();
+    let note_headers = note.headers.unwrap();
+    assert_eq!(
+        note_headers
+            .get(dead_letter::SOURCE_SEQUENCE)
+            .unwrap()
+            .as_str(),
+        sequence.to_string()
+    );
+    assert_eq!(
+        note_headers.get(dead_letter::REASON).unwrap().as_str(),
+        "injected failure: FAIL-1 fails every delivery"
+    );
 
     let stream = js.get_stream(ORDERS_STREAM).await.unwrap();
     let kept = stream
@@ -275,22 +298,26 @@ async fn a_failing_order_exhausts_its_deliveries_and_stays_in_the_stream() {
 }
 
 #[tokio::test]
-async fn a_poison_message_stays_in_the_stream_and_the_worker_keeps_serving_others() {
+async fn a_poison_message_is_copied_to_the_dead_letter_stream_then_terminated_and_the_worker_keeps_serving()
+ {
     let nats = NatsServer::start().await;
     let db = TestDatabase::new();
     let worker = spawn_worker(&nats, &db, &[]).await;
     let js = nats.jetstream().await;
-    let client = nats.client().await;
-    let mut advisories = client
-        .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>")
+    let mut copies = nats
+        .client()
+        .await
+        .subscribe(dead_letter::POISON_SUBJECT)
         .await
         .unwrap();
 
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert("ce-id", Uuid::now_v7().to_string().as_str());
+    let poison_id = Uuid::now_v7();
+    headers.insert("ce-id", poison_id.to_string().as_str());
     headers.insert("ce-type", "orders.placed.v1");
+    let garbage = "\u{1}definitely not an order";
     let poison = js
-        .publish_with_headers(ORDERS_NEW, headers, "\u{1}definitely not an order".into())
+        .publish_with_headers(ORDERS_NEW, headers, garbage.into())
         .await
         .unwrap()
         .await
@@ -307,21 +334,52 @@ async fn a_poison_message_stays_in_the_stream_and_the_worker_keeps_serving_other
         (worker.inventory.get("WIDGET-1").await.reserved == 4).then_some(())
     })
     .await;
-    let mut exhausted = Vec::new();
-    while exhausted.len() < 2 {
-        let advisory = tokio::time::timeout(EVENT_TIMEOUT, advisories.next())
+    let mut copied = Vec::new();
+    while copied.len() < 2 {
+        let copy = tokio::time::timeout(EVENT_TIMEOUT, copies.next())
             .await
-            .expect("advisories")
+            .expect("a poison copy")
             .unwrap();
-        let advisory: serde_json::Value = serde_json::from_slice(&advisory.payload).unwrap();
-        exhausted.push(advisory["stream_seq"].as_u64().unwrap());
+        let header = |name: &str| {
+            copy.headers
+                .as_ref()
+                .unwrap()
+                .get(name)
+                .unwrap()
+                .as_str()
+                .to_owned()
+        };
+        let sequence: u64 = header(dead_letter::SOURCE_SEQUENCE).parse().unwrap();
+        assert_eq!(header(dead_letter::SOURCE_STREAM), "orders_stream");
+        assert_eq!(header(dead_letter::SOURCE_SUBJECT), "orders.new");
+        assert_eq!(header(dead_letter::CONSUMER), "inventory-worker");
+        if sequence == poison {
+            assert_eq!(copy.payload.as_ref(), garbage.as_bytes(), "the raw bytes");
+            assert_eq!(header("ce-id"), poison_id.to_string());
+            assert!(
+                header(dead_letter::REASON).contains("not valid JSON"),
+                "{}",
+                header(dead_letter::REASON)
+            );
+        } else {
+            assert!(header(dead_letter::REASON).contains("version 9 is not supported"));
+        }
+        copied.push(sequence);
     }
-    exhausted.sort();
-    assert_eq!(exhausted, [poison, future]);
+    copied.sort();
+    assert_eq!(copied, [poison, future]);
+
+    // Terminated once copied: a work queue deletes what is terminated, and nothing is retried.
     let stream = js.get_stream(ORDERS_STREAM).await.unwrap();
-    assert!(
-        stream.get_raw_message(poison).await.is_ok(),
-        "never terminated: its only copy stays"
-    );
-    assert!(stream.get_raw_message(future).await.is_ok());
+    wait_until(
+        "the poison messages are gone from orders_stream",
+        EVENT_TIMEOUT,
+        || async {
+            let gone = stream.get_raw_message(poison).await.is_err()
+                && stream.get_raw_message(future).await.is_err();
+            gone.then_some(())
+        },
+    )
+    .await;
+    assert_eq!(consumer_state(&js).await, (0, 0, 0));
 }

@@ -1,0 +1,193 @@
+//! The review API: list, show, replay and discard dead letters.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /dead-letters?status=pending&limit=50&cursor=…` | `{"items": [...], "next_cursor": "…" \| null}`, newest first |
+//! | `GET /dead-letters/{id}` | one dead letter, with its payload and headers |
+//! | `POST /dead-letters/{id}/replay` | republishes it (optional `{"by": "…", "reason": "…"}`); 409 unless pending |
+//! | `POST /dead-letters/{id}/discard` | `{"reason": "…"}` required (optional `"by"`); 409 unless pending |
+
+use axum::{
+    Json, Router,
+    extract::{Path, Query, State},
+    http::StatusCode,
+    routing::{get, post},
+};
+use serde::Deserialize;
+use serde_json::json;
+use shared::http::{FieldError, JsonBody, Problem};
+use uuid::Uuid;
+
+use crate::{
+    AppState,
+    store::{self, DeadLetter, Review, ReviewError, Status},
+};
+
+pub const DEFAULT_PAGE: i64 = 50;
+pub const MAX_PAGE: i64 = 200;
+pub const MAX_REASON_LEN: usize = 500;
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/dead-letters", get(list))
+        .route("/dead-letters/{id}", get(show))
+        .route("/dead-letters/{id}/replay", post(replay))
+        .route("/dead-letters/{id}/discard", post(discard))
+        .route("/readyz", get(readyz));
+    shared::http::service_routes(api).with_state(state)
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+async fn list(
+    State(app): State<AppState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let status = query
+        .status
+        .map(|s| s.parse::<Status>())
+        .transpose()
+        .map_err(|e| Problem::bad_request(FieldError::parameter("status", e)))?;
+    let limit = match query.limit {
+        None => DEFAULT_PAGE,
+        Some(text) => text
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                Problem::bad_request(FieldError::parameter(
+                    "limit",
+                    format!("must be a number from 1 to {MAX_PAGE}"),
+                ))
+            })?,
+    };
+    let cursor = query
+        .cursor
+        .map(|c| Uuid::parse_str(&c))
+        .transpose()
+        .map_err(|_| {
+            Problem::bad_request(FieldError::parameter(
+                "cursor",
+                "must be a next_cursor from a previous page",
+            ))
+        })?;
+    let items = store::list(&app.pool, status, cursor, limit)
+        .await
+        .map_err(Problem::database)?;
+    // A full page may have a next one; its cursor is the last ID shown.
+    let next_cursor = (items.len() as i64 == limit)
+        .then(|| items.last().map(|l| l.id.to_string()))
+        .flatten();
+    Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
+}
+
+async fn show(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<DeadLetter>, Problem> {
+    let id = parse_id(&id)?;
+    store::get(&app.pool, id)
+        .await
+        .map_err(Problem::database)?
+        .map(Json)
+        .ok_or_else(|| Problem::not_found(format!("There is no dead letter {id}.")))
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ReviewBody {
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+/// `POST /dead-letters/{id}/replay`; the body is optional.
+async fn replay(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    body: Option<JsonBody<ReviewBody>>,
+) -> Result<Json<DeadLetter>, Problem> {
+    let id = parse_id(&id)?;
+    let body = body.map(|JsonBody(b)| b).unwrap_or_default();
+    let review = review(body, false)?;
+    let letter = store::replay(&app.pool, id, &review)
+        .await
+        .map_err(review_problem)?;
+    app.outbox.wake();
+    tracing::info!(dead_letter = %id, by = %review.by, "replayed");
+    Ok(Json(letter))
+}
+
+/// `POST /dead-letters/{id}/discard` with `{"reason": "…"}`.
+async fn discard(
+    State(app): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ReviewBody>,
+) -> Result<Json<DeadLetter>, Problem> {
+    let id = parse_id(&id)?;
+    let review = review(body, true)?;
+    let letter = store::discard(&app.pool, id, &review)
+        .await
+        .map_err(review_problem)?;
+    tracing::info!(dead_letter = %id, by = %review.by, reason = review.reason.as_deref().unwrap_or(""), "discarded");
+    Ok(Json(letter))
+}
+
+fn review(body: ReviewBody, reason_required: bool) -> Result<Review, Problem> {
+    let mut errors = Vec::new();
+    let reason = body
+        .reason
+        .map(|r| r.trim().to_owned())
+        .filter(|r| !r.is_empty());
+    match &reason {
+        None if reason_required => {
+            errors.push(FieldError::pointer("#/reason", "is required: say why"))
+        }
+        Some(r) if r.chars().count() > MAX_REASON_LEN => errors.push(FieldError::pointer(
+            "#/reason",
+            format!("must be at most {MAX_REASON_LEN} characters"),
+        )),
+        _ => {}
+    }
+    let by = body
+        .by
+        .map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| "api".to_owned());
+    if by.chars().count() > 100 {
+        errors.push(FieldError::pointer(
+            "#/by",
+            "must be at most 100 characters",
+        ));
+    }
+    if errors.is_empty() {
+        Ok(Review { by, reason })
+    } else {
+        Err(Problem::validation(errors))
+    }
+}
+
+fn parse_id(id: &str) -> Result<Uuid, Problem> {
+    Uuid::parse_str(id)
+        .map_err(|_| Problem::bad_request(FieldError::parameter("id", "must be a UUID")))
+}
+
+fn review_problem(err: ReviewError) -> Problem {
+    match err {
+        ReviewError::NotFound(id) => Problem::not_found(format!("There is no dead letter {id}.")),
+        ReviewError::NotPending { .. } | ReviewError::NothingToReplay(_) => Problem::new(
+            StatusCode::CONFLICT,
+            "/problems/not-pending",
+            "Conflict",
+            err.to_string(),
+        ),
+        ReviewError::Database(err) => Problem::database(err),
+    }
+}
+
+async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
+    shared::http::readiness(&app.pool, &app.nats).await
+}

@@ -1,0 +1,333 @@
+//! The `dead_letters` table: recording, listing, replaying and discarding. Shared by the HTTP
+//! API and the command line.
+
+use std::collections::BTreeMap;
+
+use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use shared::{
+    messages::{OrderDeadLettered, OutgoingMessage, PAYLOAD_VERSION},
+    outbox,
+};
+use sqlx::{PgConnection, PgPool, types::Json};
+use uuid::Uuid;
+
+/// The name this service puts in `ce-source`.
+pub const SOURCE: &str = "dlq-service";
+
+/// Review states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Replayed,
+    Discarded,
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "pending",
+            Self::Replayed => "replayed",
+            Self::Discarded => "discarded",
+        })
+    }
+}
+
+impl std::str::FromStr for Status {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pending" => Ok(Self::Pending),
+            "replayed" => Ok(Self::Replayed),
+            "discarded" => Ok(Self::Discarded),
+            other => Err(format!(
+                "unknown status {other:?}: use pending, replayed or discarded"
+            )),
+        }
+    }
+}
+
+/// A message to record, as capture found it.
+#[derive(Debug, Clone, Default)]
+pub struct NewDeadLetter {
+    pub source_stream: String,
+    pub source_sequence: i64,
+    pub subject: Option<String>,
+    pub message_id: Option<Uuid>,
+    pub order_id: Option<Uuid>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+    pub consumer: Option<String>,
+    pub deliveries: Option<i32>,
+    pub reason: String,
+    pub last_error: Option<String>,
+    pub first_seen_at: Option<DateTime<Utc>>,
+    pub failed_at: DateTime<Utc>,
+}
+
+/// A recorded dead letter, as the review API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct DeadLetter {
+    pub id: Uuid,
+    pub status: Status,
+    pub source_stream: String,
+    pub source_sequence: i64,
+    pub subject: Option<String>,
+    pub message_id: Option<Uuid>,
+    pub order_id: Option<Uuid>,
+    pub consumer: Option<String>,
+    pub deliveries: Option<i32>,
+    pub reason: String,
+    pub last_error: Option<String>,
+    /// The payload when it is JSON.
+    pub payload: Option<serde_json::Value>,
+    /// The payload's bytes, base64, when it is not JSON.
+    #[sqlx(skip)]
+    pub payload_base64: Option<String>,
+    #[serde(skip)]
+    pub payload_raw: Option<Vec<u8>>,
+    #[sqlx(json)]
+    pub headers: BTreeMap<String, String>,
+    pub first_seen_at: Option<DateTime<Utc>>,
+    pub failed_at: DateTime<Utc>,
+    pub status_changed_by: Option<String>,
+    pub status_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str =
+    "id, status, source_stream, source_sequence, subject, message_id, order_id, consumer,
+    deliveries, reason, last_error, payload_json AS payload, payload AS payload_raw, headers,
+    first_seen_at, failed_at, status_changed_by, status_reason, created_at, updated_at";
+
+impl DeadLetter {
+    fn finish(mut self) -> Self {
+        if self.payload.is_none() {
+            self.payload_base64 = self.payload_raw.as_ref().map(|raw| BASE64.encode(raw));
+        }
+        self
+    }
+}
+
+/// Records a dead letter, once: a second capture of the same stream and sequence changes
+/// nothing and returns `None`. An order's dead letter also announces `order_events.dead_lettered`
+/// through the outbox, in the same transaction.
+pub async fn record(
+    tx: &mut PgConnection,
+    letter: &NewDeadLetter,
+) -> Result<Option<Uuid>, sqlx::Error> {
+    let id = Uuid::now_v7();
+    let payload_json: Option<serde_json::Value> = letter
+        .payload
+        .as_deref()
+        .and_then(|bytes| serde_json::from_slice(bytes).ok());
+    // The last error may have been reported before this capture.
+    let noted: Option<String> = sqlx::query_scalar(
+        "SELECT error FROM last_errors WHERE source_stream = $1 AND source_sequence = $2",
+    )
+    .bind(&letter.source_stream)
+    .bind(letter.source_sequence)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let last_error = letter.last_error.clone().or(noted);
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO dead_letters (id, source_stream, source_sequence, subject, message_id, order_id, payload,
+             payload_json, headers, consumer, deliveries, reason, last_error, first_seen_at, failed_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         ON CONFLICT (source_stream, source_sequence) DO NOTHING
+         RETURNING id",
+    )
+    .bind(id)
+    .bind(&letter.source_stream)
+    .bind(letter.source_sequence)
+    .bind(&letter.subject)
+    .bind(letter.message_id)
+    .bind(letter.order_id)
+    .bind(&letter.payload)
+    .bind(&payload_json)
+    .bind(Json(&letter.headers))
+    .bind(&letter.consumer)
+    .bind(letter.deliveries)
+    .bind(&letter.reason)
+    .bind(&last_error)
+    .bind(letter.first_seen_at)
+    .bind(letter.failed_at)
+    .fetch_optional(&mut *tx)
+    .await?;
+
+    if let (Some(id), Some(order_id)) = (inserted, letter.order_id) {
+        let reason = match &last_error {
+            Some(error) => format!("{}; last error: {error}", letter.reason),
+            None => letter.reason.clone(),
+        };
+        let event = OrderDeadLettered {
+            version: PAYLOAD_VERSION,
+            order_id,
+            reason,
+            dead_letter_id: id,
+            dead_lettered_at: letter.failed_at,
+        };
+        outbox::enqueue(tx, &[OutgoingMessage::event(&event, SOURCE)]).await?;
+    }
+    Ok(inserted)
+}
+
+/// Keeps a consumer's last error for a message, and adds it to its dead letter if that is
+/// already recorded.
+pub async fn note_last_error(
+    pool: &PgPool,
+    source_stream: &str,
+    source_sequence: i64,
+    consumer: &str,
+    error: &str,
+) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "INSERT INTO last_errors (source_stream, source_sequence, consumer, error) VALUES ($1, $2, $3, $4)
+         ON CONFLICT (source_stream, source_sequence) DO UPDATE SET error = EXCLUDED.error, noted_at = now()",
+    )
+    .bind(source_stream)
+    .bind(source_sequence)
+    .bind(consumer)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE dead_letters SET last_error = $3, updated_at = now()
+         WHERE source_stream = $1 AND source_sequence = $2 AND last_error IS NULL",
+    )
+    .bind(source_stream)
+    .bind(source_sequence)
+    .bind(error)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// One page of dead letters, newest first. `before` is the last ID of the previous page.
+pub async fn list(
+    pool: &PgPool,
+    status: Option<Status>,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM dead_letters
+         WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR id < $2)
+         ORDER BY id DESC LIMIT $3"
+    );
+    let rows: Vec<DeadLetter> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(status)
+        .bind(before)
+        .bind(limit)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(DeadLetter::finish).collect())
+}
+
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DeadLetter>, sqlx::Error> {
+    let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1");
+    let row: Option<DeadLetter> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(DeadLetter::finish))
+}
+
+/// Why a review action was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("there is no dead letter {0}")]
+    NotFound(Uuid),
+    #[error("dead letter {id} is {status}, not pending")]
+    NotPending { id: Uuid, status: Status },
+    #[error("dead letter {0} has no original message to replay")]
+    NothingToReplay(Uuid),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+/// Who changed a status, and why.
+#[derive(Debug, Clone)]
+pub struct Review {
+    pub by: String,
+    pub reason: Option<String>,
+}
+
+/// Republishes the original message to its subject **through the outbox**, with the same
+/// logical ID (so the worker's idempotency still holds: replaying twice reserves at most once)
+/// and a fresh `Nats-Msg-Id` (or JetStream's duplicate window would silently drop it), and
+/// marks the row replayed, in one transaction.
+pub async fn replay(pool: &PgPool, id: Uuid, review: &Review) -> Result<DeadLetter, ReviewError> {
+    let mut tx = pool.begin().await?;
+    let letter = lock_pending(&mut tx, id).await?;
+    let (Some(subject), Some(payload)) = (letter.subject.clone(), letter.payload_raw.clone())
+    else {
+        return Err(ReviewError::NothingToReplay(id));
+    };
+    let message_id = letter.message_id.unwrap_or_else(Uuid::now_v7);
+    let mut headers = letter.headers.clone();
+    headers.insert(
+        shared::messages::headers::ID.to_owned(),
+        message_id.to_string(),
+    );
+    let message = OutgoingMessage {
+        subject,
+        message_id,
+        dedupe_id: Uuid::now_v7().to_string(),
+        headers,
+        payload,
+    };
+    outbox::enqueue(&mut tx, &[message]).await?;
+    let letter = set_status(&mut tx, id, Status::Replayed, review).await?;
+    tx.commit().await?;
+    Ok(letter)
+}
+
+/// Marks a dead letter discarded: reviewed, and deliberately not processed.
+pub async fn discard(pool: &PgPool, id: Uuid, review: &Review) -> Result<DeadLetter, ReviewError> {
+    let mut tx = pool.begin().await?;
+    lock_pending(&mut tx, id).await?;
+    let letter = set_status(&mut tx, id, Status::Discarded, review).await?;
+    tx.commit().await?;
+    Ok(letter)
+}
+
+/// Locks the row; two concurrent reviews of one row are serialised here, and the second finds
+/// it no longer pending.
+async fn lock_pending(tx: &mut PgConnection, id: Uuid) -> Result<DeadLetter, ReviewError> {
+    let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1 FOR UPDATE");
+    let letter: DeadLetter = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(ReviewError::NotFound(id))?;
+    match letter.status {
+        Status::Pending => Ok(letter),
+        status => Err(ReviewError::NotPending { id, status }),
+    }
+}
+
+async fn set_status(
+    tx: &mut PgConnection,
+    id: Uuid,
+    status: Status,
+    review: &Review,
+) -> Result<DeadLetter, ReviewError> {
+    let sql = format!(
+        "UPDATE dead_letters SET status = $2, status_changed_by = $3, status_reason = $4, updated_at = now()
+         WHERE id = $1 RETURNING {COLUMNS}"
+    );
+    let letter: DeadLetter = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(status)
+        .bind(&review.by)
+        .bind(&review.reason)
+        .fetch_one(&mut *tx)
+        .await?;
+    Ok(letter.finish())
+}

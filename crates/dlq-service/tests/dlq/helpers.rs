@@ -1,0 +1,151 @@
+//! `spawn_dlq()`: a dlq-service of a test's own.
+
+use std::time::Duration;
+
+use dlq_service::{Application, Config, store};
+use shared::{config::Env, topology};
+use sqlx::PgPool;
+use test_support::{NatsServer, TestDatabase, wait_until};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub struct TestDlq {
+    pub base_url: String,
+    pub http: reqwest::Client,
+    pub pool: PgPool,
+    pub nats: NatsServer,
+    pub shutdown: CancellationToken,
+    _db: TestDatabase,
+}
+
+impl Drop for TestDlq {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+pub async fn spawn_dlq() -> TestDlq {
+    test_support::init_logging();
+    let nats = NatsServer::start().await;
+    let db = TestDatabase::new();
+    let (nats_url, db_url) = (nats.url(), db.url());
+    let env = Env::from_pairs([
+        ("HTTP_ADDR", "127.0.0.1:0"),
+        ("NATS_URL", nats_url.as_str()),
+        ("DATABASE_URL", db_url.as_str()),
+        ("OUTBOX_POLL_INTERVAL", "200ms"),
+        ("DLQ_BACKOFF", "200ms"),
+    ]);
+    let config = Config::from_env(&env).unwrap();
+    let shutdown = CancellationToken::new();
+    let app = Application::build(config, &shutdown).await.unwrap();
+    let base_url = format!("http://{}", app.local_addr());
+    tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    let pool = db.pool(dlq_service::SCHEMA).await;
+    TestDlq {
+        base_url,
+        http: reqwest::Client::new(),
+        pool,
+        nats,
+        shutdown,
+        _db: db,
+    }
+}
+
+impl TestDlq {
+    pub async fn rows(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn wait_for_rows(&self, n: i64) {
+        wait_until(
+            &format!("{n} dead letters are recorded"),
+            Duration::from_secs(15),
+            || async { (self.rows().await >= n).then_some(()) },
+        )
+        .await;
+    }
+
+    /// Waits until the capture consumer has acknowledged everything in `orders_unprocessed`.
+    pub async fn wait_until_captured(&self) {
+        let js = self.nats.jetstream().await;
+        wait_until(
+            "capture has handled every message",
+            Duration::from_secs(15),
+            || async {
+                let stream = js.get_stream(topology::UNPROCESSED_STREAM).await.ok()?;
+                let info = stream.consumer_info("dlq-service").await.ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+            },
+        )
+        .await;
+    }
+
+    pub async fn get(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = self.http.post(format!("{}{path}", self.base_url));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or_default())
+    }
+
+    /// Records a dead letter directly, as capture would, and returns its ID.
+    pub async fn seed(&self, letter: store::NewDeadLetter) -> Uuid {
+        let mut tx = self.pool.begin().await.unwrap();
+        let id = store::record(&mut tx, &letter)
+            .await
+            .unwrap()
+            .expect("a new row");
+        tx.commit().await.unwrap();
+        id
+    }
+}
+
+/// A dead letter for an order placed on `orders.new`.
+pub fn order_letter(sequence: i64) -> store::NewDeadLetter {
+    let order = shared::messages::OrderPlaced {
+        version: 1,
+        order_id: Uuid::now_v7(),
+        customer_id: "c-1".into(),
+        items: vec![shared::messages::OrderItem {
+            sku: "WIDGET-1".into(),
+            quantity: 1,
+        }],
+        placed_at: chrono::Utc::now(),
+    };
+    let message = shared::messages::OutgoingMessage::event(&order, "order-api");
+    store::NewDeadLetter {
+        source_stream: "orders_stream".into(),
+        source_sequence: sequence,
+        subject: Some("orders.new".into()),
+        message_id: Some(message.message_id),
+        order_id: Some(order.order_id),
+        payload: Some(message.payload),
+        headers: message.headers,
+        consumer: Some("inventory-worker".into()),
+        deliveries: Some(5),
+        reason: "delivery limit reached: 5 attempts failed".into(),
+        failed_at: chrono::Utc::now(),
+        ..Default::default()
+    }
+}

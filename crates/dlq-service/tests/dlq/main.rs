@@ -1,0 +1,6 @@
+//! dlq-service against a real nats-server and Postgres, in-process.
+#![allow(clippy::unwrap_used)] // A test that cannot go on should panic, loudly.
+
+mod capture;
+mod helpers;
+mod review;
