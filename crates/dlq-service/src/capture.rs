@@ -22,16 +22,20 @@ use async_nats::{
     jetstream::{self, consumer::PullConsumer, stream::DirectGetErrorKind},
 };
 use chrono::{DateTime, Utc};
+use opentelemetry::trace::TraceContextExt;
 use serde::Deserialize;
 use shared::{
     consumer::pull_batch,
     db,
     messages::{self, OrderPlaced, dead_letter},
     outbox::OutboxWaker,
+    propagation,
     topology::UNPROCESSED_STREAM,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::store::{self, NewDeadLetter};
@@ -86,31 +90,27 @@ impl Capture {
         if subject.starts_with(ADVISORY_PREFIX) {
             match serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload) {
                 Ok(advisory) if advisory.kind == MAX_DELIVERIES_TYPE => {
-                    self.exhausted(&advisory).await
+                    self.exhausted(&advisory, message.headers.as_ref()).await
                 }
-                _ => {
-                    self.unrecognised(message, "unreadable MAX_DELIVERIES advisory")
-                        .await
-                }
+                _ => self.unrecognised(message, "unreadable MAX_DELIVERIES advisory").await,
             }
         } else if subject == dead_letter::POISON_SUBJECT {
             self.poison(message).await
         } else if subject == dead_letter::LAST_ERROR_SUBJECT {
             self.last_error(message).await
         } else {
-            self.unrecognised(message, "unrecognised message on orders_unprocessed")
-                .await
+            self.unrecognised(message, "unrecognised message on orders_unprocessed").await
         }
     }
 
     /// A message JetStream gave up on: read it back, record it, remove it from the work queue.
-    async fn exhausted(&self, advisory: &MaxDeliveriesAdvisory) -> Result<Captured, CaptureError> {
+    async fn exhausted(
+        &self,
+        advisory: &MaxDeliveriesAdvisory,
+        link: Option<&HeaderMap>,
+    ) -> Result<Captured, CaptureError> {
         let sequence = i64::try_from(advisory.stream_seq).unwrap_or(i64::MAX);
-        let stream = self
-            .jetstream
-            .get_stream(&advisory.stream)
-            .await
-            .map_err(async_nats::Error::from)?;
+        let stream = self.jetstream.get_stream(&advisory.stream).await.map_err(async_nats::Error::from)?;
         let original = match stream.direct_get(advisory.stream_seq).await {
             Ok(original) => Some(original),
             Err(err) if err.kind() == DirectGetErrorKind::NotFound => None,
@@ -122,10 +122,7 @@ impl Capture {
             consumer: Some(advisory.consumer.clone()),
             deliveries: i32::try_from(advisory.deliveries).ok(),
             failed_at: advisory.timestamp,
-            reason: format!(
-                "delivery limit reached: {} attempts failed",
-                advisory.deliveries
-            ),
+            reason: format!("delivery limit reached: {} attempts failed", advisory.deliveries),
             ..Default::default()
         };
         match &original {
@@ -139,14 +136,13 @@ impl Capture {
             }
             None => letter.reason = "original message already gone from the stream".to_owned(),
         }
-        let captured = self.store(&letter).await?;
+        letter.trace_id = original.as_ref().and_then(|o| propagation::trace_id(Some(&o.headers)));
+        let span = capture_span(original.as_ref().map(|o| &o.headers), link);
+        let captured = self.store(&letter).instrument(span).await?;
         if original.is_some() {
             // Committed: now the work queue may forget it. If this fails, the advisory is
             // retried and finds its row already recorded.
-            stream
-                .delete_message(advisory.stream_seq)
-                .await
-                .map_err(async_nats::Error::from)?;
+            stream.delete_message(advisory.stream_seq).await.map_err(async_nats::Error::from)?;
         }
         Ok(captured)
     }
@@ -155,19 +151,12 @@ impl Capture {
     async fn poison(&self, message: &jetstream::Message) -> Result<Captured, CaptureError> {
         let headers = message.headers.clone().unwrap_or_default();
         let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
-        let own_sequence = message
-            .info()
-            .map(|i| i.stream_sequence)
-            .unwrap_or_default();
-        let published = message
-            .info()
-            .map(|i| i.published)
-            .unwrap_or_else(|_| Utc::now());
+        let own_sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
+        let published = message.info().map(|i| i.published).unwrap_or_else(|_| Utc::now());
         let mut original_headers = header_map(&headers);
         original_headers.retain(|name, _| !name.starts_with("Dlq-"));
         let letter = NewDeadLetter {
-            source_stream: get(dead_letter::SOURCE_STREAM)
-                .unwrap_or_else(|| UNPROCESSED_STREAM.to_owned()),
+            source_stream: get(dead_letter::SOURCE_STREAM).unwrap_or_else(|| UNPROCESSED_STREAM.to_owned()),
             source_sequence: get(dead_letter::SOURCE_SEQUENCE)
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(i64::try_from(own_sequence).unwrap_or(i64::MAX)),
@@ -178,15 +167,14 @@ impl Capture {
             headers: original_headers,
             consumer: get(dead_letter::CONSUMER),
             deliveries: get(dead_letter::DELIVERIES).and_then(|d| d.parse().ok()),
-            reason: format!(
-                "unprocessable message: {}",
-                get(dead_letter::REASON).unwrap_or_default()
-            ),
+            reason: format!("unprocessable message: {}", get(dead_letter::REASON).unwrap_or_default()),
             last_error: get(dead_letter::REASON),
             first_seen_at: Some(published),
             failed_at: published,
+            trace_id: propagation::trace_id(Some(&headers)),
         };
-        self.store(&letter).await
+        // The copy carries the original's headers, trace context included.
+        self.store(&letter).instrument(capture_span(Some(&headers), None)).await
     }
 
     async fn last_error(&self, message: &jetstream::Message) -> Result<Captured, CaptureError> {
@@ -197,9 +185,7 @@ impl Capture {
             get(dead_letter::SOURCE_SEQUENCE).and_then(|s| s.parse::<i64>().ok()),
             get(dead_letter::REASON),
         ) else {
-            return self
-                .unrecognised(message, "last-error note without its source")
-                .await;
+            return self.unrecognised(message, "last-error note without its source").await;
         };
         let consumer = get(dead_letter::CONSUMER).unwrap_or_default();
         store::note_last_error(&self.pool, &stream, sequence, &consumer, &error).await?;
@@ -213,9 +199,7 @@ impl Capture {
         message: &jetstream::Message,
         reason: &str,
     ) -> Result<Captured, CaptureError> {
-        let info = message
-            .info()
-            .map_err(|e| CaptureError::Nats(e.to_string().into()))?;
+        let info = message.info().map_err(|e| CaptureError::Nats(e.to_string().into()))?;
         let letter = NewDeadLetter {
             source_stream: UNPROCESSED_STREAM.to_owned(),
             source_sequence: i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
@@ -291,6 +275,24 @@ impl Capture {
     }
 }
 
+/// The span of capturing one dead letter. Its parent is the dead message's own context, so
+/// the capture shows in the order's trace after the failed attempts; the message that brought
+/// the news (the advisory) is a link, when it carries a context of its own.
+fn capture_span(original: Option<&HeaderMap>, news: Option<&HeaderMap>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "capture dead letter",
+        otel.kind = "consumer",
+        messaging.system = "nats",
+        messaging.operation.type = "process",
+        messaging.destination.name = UNPROCESSED_STREAM,
+    );
+    span.set_parent(propagation::extract(original)).ok();
+    if let Some(news) = news {
+        span.add_link(propagation::extract(Some(news)).span().span_context().clone());
+    }
+    span
+}
+
 /// Headers as a name → value map (the last value of a repeated header), without the broker's
 /// own (`Nats-*`), which belong to the stored message, not to the message.
 fn header_map(headers: &HeaderMap) -> std::collections::BTreeMap<String, String> {
@@ -302,16 +304,12 @@ fn header_map(headers: &HeaderMap) -> std::collections::BTreeMap<String, String>
 }
 
 fn ce_id(headers: &HeaderMap) -> Option<Uuid> {
-    messages::Envelope::from_headers(Some(headers))
-        .ok()
-        .map(|e| e.id)
+    messages::Envelope::from_headers(Some(headers)).ok().map(|e| e.id)
 }
 
 /// The order a payload is about, if it is an order at all.
 fn order_id(payload: &[u8]) -> Option<Uuid> {
-    messages::decode::<OrderPlaced>(payload)
-        .ok()
-        .map(|order| order.order_id)
+    messages::decode::<OrderPlaced>(payload).ok().map(|order| order.order_id)
 }
 
 #[cfg(test)]

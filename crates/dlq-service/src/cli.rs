@@ -55,18 +55,8 @@ pub enum Command {
 pub async fn run(command: Command, config: &crate::Config) -> anyhow::Result<()> {
     let pool = crate::connect_database(&config.database).await?;
     let output = match command {
-        Command::List {
-            status,
-            limit,
-            cursor,
-        } => {
-            let items = store::list(
-                &pool,
-                status,
-                cursor,
-                limit.clamp(1, crate::routes::MAX_PAGE),
-            )
-            .await?;
+        Command::List { status, limit, cursor } => {
+            let items = store::list(&pool, status, cursor, limit.clamp(1, crate::routes::MAX_PAGE)).await?;
             serde_json::to_string_pretty(&items)?
         }
         Command::Show { id } => match store::get(&pool, id).await? {
@@ -79,15 +69,7 @@ pub async fn run(command: Command, config: &crate::Config) -> anyhow::Result<()>
             serde_json::to_string_pretty(&letter)?
         }
         Command::Discard { id, reason, by } => {
-            let letter = store::discard(
-                &pool,
-                id,
-                &Review {
-                    by,
-                    reason: Some(reason),
-                },
-            )
-            .await?;
+            let letter = store::discard(&pool, id, &Review { by, reason: Some(reason) }).await?;
             serde_json::to_string_pretty(&letter)?
         }
     };

@@ -2,9 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use shared::config::{
-    ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings,
-};
+use shared::config::{ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings};
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -71,36 +71,18 @@ impl Application {
             .await
             .context("stopped before NATS was reachable")?;
         topology::ensure_streams(&jetstream, &config.nats).await?;
-        let consumer =
-            topology::ensure_consumer(&jetstream, UNPROCESSED_STREAM, "", &config.capture).await?;
+        let consumer = topology::ensure_consumer(&jetstream, UNPROCESSED_STREAM, "", &config.capture).await?;
         let relay = OutboxRelay::new(pool.clone(), jetstream.clone(), config.relay.clone());
-        let capture = capture::Capture {
-            pool: pool.clone(),
-            jetstream,
-            outbox: relay.waker(),
-        };
+        let capture = capture::Capture { pool: pool.clone(), jetstream, outbox: relay.waker() };
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
-        let state = AppState {
-            pool,
-            nats: client,
-            outbox: relay.waker(),
-        };
-        Ok(Self {
-            listener,
-            state,
-            relay,
-            capture,
-            consumer,
-            config,
-        })
+        let state = AppState { pool, nats: client, outbox: relay.waker() };
+        Ok(Self { listener, state, relay, capture, consumer, config })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -109,9 +91,7 @@ impl Application {
         tasks.serve_http(self.listener, routes::router(self.state.clone()));
         tasks.spawn_with_shutdown("outbox relay", |stop| self.relay.run(stop));
         let batch_size = self.config.capture.batch_size;
-        tasks.spawn_with_shutdown("capture", |stop| {
-            self.capture.run(self.consumer, batch_size, stop)
-        });
+        tasks.spawn_with_shutdown("capture", |stop| self.capture.run(self.consumer, batch_size, stop));
         let result = tasks.run_until_stopped(Duration::from_secs(15)).await;
         self.state.nats.flush().await.ok();
         result
@@ -119,8 +99,5 @@ impl Application {
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Application::build(config, &shutdown)
-        .await?
-        .run_until_stopped(shutdown)
-        .await
+    Application::build(config, &shutdown).await?.run_until_stopped(shutdown).await
 }

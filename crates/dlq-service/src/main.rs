@@ -10,7 +10,13 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging();
+    let telemetry = match telemetry::init("dlq-service") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match dlq_service::Config::from_env(&Env::from_process()) {
         Ok(config) => config,
         Err(err) => {
@@ -26,11 +32,9 @@ async fn main() -> ExitCode {
             dlq_service::run(config, stop).await
         }
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "dlq-service failed");
-            ExitCode::FAILURE
-        }
+    if let Err(err) = &result {
+        tracing::error!(error = format!("{err:#}"), "dlq-service failed");
     }
+    telemetry.shutdown().await;
+    if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -55,41 +55,23 @@ async fn list(
         .map_err(|e| Problem::bad_request(FieldError::parameter("status", e)))?;
     let limit = match query.limit {
         None => DEFAULT_PAGE,
-        Some(text) => text
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE).contains(n))
-            .ok_or_else(|| {
-                Problem::bad_request(FieldError::parameter(
-                    "limit",
-                    format!("must be a number from 1 to {MAX_PAGE}"),
-                ))
-            })?,
-    };
-    let cursor = query
-        .cursor
-        .map(|c| Uuid::parse_str(&c))
-        .transpose()
-        .map_err(|_| {
+        Some(text) => text.parse::<i64>().ok().filter(|n| (1..=MAX_PAGE).contains(n)).ok_or_else(|| {
             Problem::bad_request(FieldError::parameter(
-                "cursor",
-                "must be a next_cursor from a previous page",
+                "limit",
+                format!("must be a number from 1 to {MAX_PAGE}"),
             ))
-        })?;
-    let items = store::list(&app.pool, status, cursor, limit)
-        .await
-        .map_err(Problem::database)?;
+        })?,
+    };
+    let cursor = query.cursor.map(|c| Uuid::parse_str(&c)).transpose().map_err(|_| {
+        Problem::bad_request(FieldError::parameter("cursor", "must be a next_cursor from a previous page"))
+    })?;
+    let items = store::list(&app.pool, status, cursor, limit).await.map_err(Problem::database)?;
     // A full page may have a next one; its cursor is the last ID shown.
-    let next_cursor = (items.len() as i64 == limit)
-        .then(|| items.last().map(|l| l.id.to_string()))
-        .flatten();
+    let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(|l| l.id.to_string())).flatten();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
-async fn show(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Json<DeadLetter>, Problem> {
+async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<DeadLetter>, Problem> {
     let id = parse_id(&id)?;
     store::get(&app.pool, id)
         .await
@@ -113,9 +95,7 @@ async fn replay(
     let id = parse_id(&id)?;
     let body = body.map(|JsonBody(b)| b).unwrap_or_default();
     let review = review(body, false)?;
-    let letter = store::replay(&app.pool, id, &review)
-        .await
-        .map_err(review_problem)?;
+    let letter = store::replay(&app.pool, id, &review).await.map_err(review_problem)?;
     app.outbox.wake();
     tracing::info!(dead_letter = %id, by = %review.by, "replayed");
     Ok(Json(letter))
@@ -129,61 +109,38 @@ async fn discard(
 ) -> Result<Json<DeadLetter>, Problem> {
     let id = parse_id(&id)?;
     let review = review(body, true)?;
-    let letter = store::discard(&app.pool, id, &review)
-        .await
-        .map_err(review_problem)?;
+    let letter = store::discard(&app.pool, id, &review).await.map_err(review_problem)?;
     tracing::info!(dead_letter = %id, by = %review.by, reason = review.reason.as_deref().unwrap_or(""), "discarded");
     Ok(Json(letter))
 }
 
 fn review(body: ReviewBody, reason_required: bool) -> Result<Review, Problem> {
     let mut errors = Vec::new();
-    let reason = body
-        .reason
-        .map(|r| r.trim().to_owned())
-        .filter(|r| !r.is_empty());
+    let reason = body.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
     match &reason {
-        None if reason_required => {
-            errors.push(FieldError::pointer("#/reason", "is required: say why"))
-        }
-        Some(r) if r.chars().count() > MAX_REASON_LEN => errors.push(FieldError::pointer(
-            "#/reason",
-            format!("must be at most {MAX_REASON_LEN} characters"),
-        )),
+        None if reason_required => errors.push(FieldError::pointer("#/reason", "is required: say why")),
+        Some(r) if r.chars().count() > MAX_REASON_LEN => errors
+            .push(FieldError::pointer("#/reason", format!("must be at most {MAX_REASON_LEN} characters"))),
         _ => {}
     }
-    let by = body
-        .by
-        .map(|b| b.trim().to_owned())
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| "api".to_owned());
+    let by =
+        body.by.map(|b| b.trim().to_owned()).filter(|b| !b.is_empty()).unwrap_or_else(|| "api".to_owned());
     if by.chars().count() > 100 {
-        errors.push(FieldError::pointer(
-            "#/by",
-            "must be at most 100 characters",
-        ));
+        errors.push(FieldError::pointer("#/by", "must be at most 100 characters"));
     }
-    if errors.is_empty() {
-        Ok(Review { by, reason })
-    } else {
-        Err(Problem::validation(errors))
-    }
+    if errors.is_empty() { Ok(Review { by, reason }) } else { Err(Problem::validation(errors)) }
 }
 
 fn parse_id(id: &str) -> Result<Uuid, Problem> {
-    Uuid::parse_str(id)
-        .map_err(|_| Problem::bad_request(FieldError::parameter("id", "must be a UUID")))
+    Uuid::parse_str(id).map_err(|_| Problem::bad_request(FieldError::parameter("id", "must be a UUID")))
 }
 
 fn review_problem(err: ReviewError) -> Problem {
     match err {
         ReviewError::NotFound(id) => Problem::not_found(format!("There is no dead letter {id}.")),
-        ReviewError::NotPending { .. } | ReviewError::NothingToReplay(_) => Problem::new(
-            StatusCode::CONFLICT,
-            "/problems/not-pending",
-            "Conflict",
-            err.to_string(),
-        ),
+        ReviewError::NotPending { .. } | ReviewError::NothingToReplay(_) => {
+            Problem::new(StatusCode::CONFLICT, "/problems/not-pending", "Conflict", err.to_string())
+        }
         ReviewError::Database(err) => Problem::database(err),
     }
 }

@@ -5,12 +5,15 @@ use std::collections::BTreeMap;
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use chrono::{DateTime, Utc};
+use opentelemetry::trace::TraceContextExt;
 use serde::Serialize;
 use shared::{
     messages::{OrderDeadLettered, OutgoingMessage, PAYLOAD_VERSION},
     outbox,
 };
 use sqlx::{PgConnection, PgPool, types::Json};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 /// The name this service puts in `ce-source`.
@@ -43,9 +46,7 @@ impl std::str::FromStr for Status {
             "pending" => Ok(Self::Pending),
             "replayed" => Ok(Self::Replayed),
             "discarded" => Ok(Self::Discarded),
-            other => Err(format!(
-                "unknown status {other:?}: use pending, replayed or discarded"
-            )),
+            other => Err(format!("unknown status {other:?}: use pending, replayed or discarded")),
         }
     }
 }
@@ -66,6 +67,8 @@ pub struct NewDeadLetter {
     pub last_error: Option<String>,
     pub first_seen_at: Option<DateTime<Utc>>,
     pub failed_at: DateTime<Utc>,
+    /// The trace the message belonged to.
+    pub trace_id: Option<String>,
 }
 
 /// A recorded dead letter, as the review API shows it.
@@ -93,16 +96,17 @@ pub struct DeadLetter {
     pub headers: BTreeMap<String, String>,
     pub first_seen_at: Option<DateTime<Utc>>,
     pub failed_at: DateTime<Utc>,
+    /// The trace the message belonged to: open it in Jaeger to see every attempt.
+    pub trace_id: Option<String>,
     pub status_changed_by: Option<String>,
     pub status_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str =
-    "id, status, source_stream, source_sequence, subject, message_id, order_id, consumer,
+const COLUMNS: &str = "id, status, source_stream, source_sequence, subject, message_id, order_id, consumer,
     deliveries, reason, last_error, payload_json AS payload, payload AS payload_raw, headers,
-    first_seen_at, failed_at, status_changed_by, status_reason, created_at, updated_at";
+    first_seen_at, failed_at, trace_id, status_changed_by, status_reason, created_at, updated_at";
 
 impl DeadLetter {
     fn finish(mut self) -> Self {
@@ -116,28 +120,22 @@ impl DeadLetter {
 /// Records a dead letter, once: a second capture of the same stream and sequence changes
 /// nothing and returns `None`. An order's dead letter also announces `order_events.dead_lettered`
 /// through the outbox, in the same transaction.
-pub async fn record(
-    tx: &mut PgConnection,
-    letter: &NewDeadLetter,
-) -> Result<Option<Uuid>, sqlx::Error> {
+pub async fn record(tx: &mut PgConnection, letter: &NewDeadLetter) -> Result<Option<Uuid>, sqlx::Error> {
     let id = Uuid::now_v7();
-    let payload_json: Option<serde_json::Value> = letter
-        .payload
-        .as_deref()
-        .and_then(|bytes| serde_json::from_slice(bytes).ok());
+    let payload_json: Option<serde_json::Value> =
+        letter.payload.as_deref().and_then(|bytes| serde_json::from_slice(bytes).ok());
     // The last error may have been reported before this capture.
-    let noted: Option<String> = sqlx::query_scalar(
-        "SELECT error FROM last_errors WHERE source_stream = $1 AND source_sequence = $2",
-    )
-    .bind(&letter.source_stream)
-    .bind(letter.source_sequence)
-    .fetch_optional(&mut *tx)
-    .await?;
+    let noted: Option<String> =
+        sqlx::query_scalar("SELECT error FROM last_errors WHERE source_stream = $1 AND source_sequence = $2")
+            .bind(&letter.source_stream)
+            .bind(letter.source_sequence)
+            .fetch_optional(&mut *tx)
+            .await?;
     let last_error = letter.last_error.clone().or(noted);
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO dead_letters (id, source_stream, source_sequence, subject, message_id, order_id, payload,
-             payload_json, headers, consumer, deliveries, reason, last_error, first_seen_at, failed_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             payload_json, headers, consumer, deliveries, reason, last_error, first_seen_at, failed_at, trace_id)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
          ON CONFLICT (source_stream, source_sequence) DO NOTHING
          RETURNING id",
     )
@@ -156,6 +154,7 @@ pub async fn record(
     .bind(&last_error)
     .bind(letter.first_seen_at)
     .bind(letter.failed_at)
+    .bind(&letter.trace_id)
     .fetch_optional(&mut *tx)
     .await?;
 
@@ -231,10 +230,8 @@ pub async fn list(
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DeadLetter>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM dead_letters WHERE id = $1");
-    let row: Option<DeadLetter> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(id)
-        .fetch_optional(pool)
-        .await?;
+    let row: Option<DeadLetter> =
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await?;
     Ok(row.map(DeadLetter::finish))
 }
 
@@ -262,26 +259,33 @@ pub struct Review {
 /// logical ID (so the worker's idempotency still holds: replaying twice reserves at most once)
 /// and a fresh `Nats-Msg-Id` (or JetStream's duplicate window would silently drop it), and
 /// marks the row replayed, in one transaction.
+///
+/// Tracing: the replay is a span of the reviewer's request, *linked* to the original trace; the
+/// republished message keeps the original headers, so its processing continues the order's own
+/// trace, after the failed attempts and the capture.
 pub async fn replay(pool: &PgPool, id: Uuid, review: &Review) -> Result<DeadLetter, ReviewError> {
+    let span = tracing::info_span!("replay dead letter", dead_letter.id = %id, otel.status_code = tracing::field::Empty);
+    replay_in(pool, id, review, &span).instrument(span.clone()).await
+}
+
+async fn replay_in(
+    pool: &PgPool,
+    id: Uuid,
+    review: &Review,
+    span: &tracing::Span,
+) -> Result<DeadLetter, ReviewError> {
     let mut tx = pool.begin().await?;
     let letter = lock_pending(&mut tx, id).await?;
-    let (Some(subject), Some(payload)) = (letter.subject.clone(), letter.payload_raw.clone())
-    else {
+    let original = shared::messages::header_map(&letter.headers);
+    span.add_link(shared::propagation::extract(Some(&original)).span().span_context().clone());
+    let (Some(subject), Some(payload)) = (letter.subject.clone(), letter.payload_raw.clone()) else {
         return Err(ReviewError::NothingToReplay(id));
     };
     let message_id = letter.message_id.unwrap_or_else(Uuid::now_v7);
     let mut headers = letter.headers.clone();
-    headers.insert(
-        shared::messages::headers::ID.to_owned(),
-        message_id.to_string(),
-    );
-    let message = OutgoingMessage {
-        subject,
-        message_id,
-        dedupe_id: Uuid::now_v7().to_string(),
-        headers,
-        payload,
-    };
+    headers.insert(shared::messages::headers::ID.to_owned(), message_id.to_string());
+    let message =
+        OutgoingMessage { subject, message_id, dedupe_id: Uuid::now_v7().to_string(), headers, payload };
     outbox::enqueue(&mut tx, &[message]).await?;
     let letter = set_status(&mut tx, id, Status::Replayed, review).await?;
     tx.commit().await?;

@@ -18,12 +18,8 @@ fn dlq_url(stack: &Stack, path: &str) -> String {
 }
 
 async fn dead_letters(stack: &Stack) -> Vec<Value> {
-    let page: Value = reqwest::get(dlq_url(stack, "/dead-letters?limit=200"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: Value =
+        reqwest::get(dlq_url(stack, "/dead-letters?limit=200")).await.unwrap().json().await.unwrap();
     page["items"].as_array().unwrap().clone()
 }
 
@@ -37,14 +33,7 @@ async fn wait_for_status(stack: &Stack, id: &str, status: &str) -> Value {
 
 async fn orders_stream_len(stack: &Stack) -> u64 {
     let js = stack.nats.jetstream().await;
-    js.get_stream("orders_stream")
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap()
-        .state
-        .messages
+    js.get_stream("orders_stream").await.unwrap().get_info().await.unwrap().state.messages
 }
 
 async fn post(url: String, body: Option<Value>) -> (StatusCode, Value) {
@@ -65,14 +54,8 @@ async fn an_order_that_always_fails_ends_as_one_dead_letter_and_shows_dead_lette
 
     let order = wait_for_status(&stack, &id, "dead_lettered").await;
     let reason = order["reason"].as_str().unwrap();
-    assert!(
-        reason.starts_with("delivery limit reached: 5 attempts failed"),
-        "{reason}"
-    );
-    assert!(
-        reason.ends_with("last error: injected failure: FAIL-1 fails every delivery"),
-        "{reason}"
-    );
+    assert!(reason.starts_with("delivery limit reached: 5 attempts failed"), "{reason}");
+    assert!(reason.ends_with("last error: injected failure: FAIL-1 fails every delivery"), "{reason}");
 
     let letters = dead_letters(&stack).await;
     assert_eq!(letters.len(), 1);
@@ -80,38 +63,25 @@ async fn an_order_that_always_fails_ends_as_one_dead_letter_and_shows_dead_lette
     assert_eq!(letter["order_id"], id.as_str());
     assert_eq!(letter["status"], "pending");
     assert_eq!(letter["deliveries"], 5);
-    assert_eq!(
-        letter["last_error"],
-        "injected failure: FAIL-1 fails every delivery"
-    );
-    assert_eq!(
-        letter["payload"]["items"],
-        json!([{"sku": "FAIL-1", "quantity": 2}])
-    );
+    assert_eq!(letter["last_error"], "injected failure: FAIL-1 fails every delivery");
+    assert_eq!(letter["payload"]["items"], json!([{"sku": "FAIL-1", "quantity": 2}]));
     assert_eq!(letter["headers"]["ce-type"], "orders.placed.v1");
     assert!(letter["message_id"].is_string());
-    wait_until(
-        "orders_stream no longer holds the message",
-        SETTLE,
-        || async { (orders_stream_len(&stack).await == 0).then_some(()) },
-    )
+    wait_until("orders_stream no longer holds the message", SETTLE, || async {
+        (orders_stream_len(&stack).await == 0).then_some(())
+    })
     .await;
 }
 
 #[tokio::test]
-async fn a_poison_payload_ends_as_one_dead_letter_with_its_reason_and_bytes_and_orders_keep_flowing()
- {
+async fn a_poison_payload_ends_as_one_dead_letter_with_its_reason_and_bytes_and_orders_keep_flowing() {
     let stack = Stack::start_with_dlq(1, &[]).await;
     let js = stack.nats.jetstream().await;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("ce-id", Uuid::now_v7().to_string().as_str());
     headers.insert("ce-type", "orders.placed.v1");
     let garbage = b"\x00\x01 this is not an order".to_vec();
-    js.publish_with_headers("orders.new", headers, garbage.clone().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish_with_headers("orders.new", headers, garbage.clone().into()).await.unwrap().await.unwrap();
 
     let good = stack.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
     wait_for_status(&stack, &good, "reserved").await;
@@ -124,15 +94,11 @@ async fn a_poison_payload_ends_as_one_dead_letter_with_its_reason_and_bytes_and_
     assert_eq!(letters.len(), 1);
     let letter = &letters[0];
     assert!(
-        letter["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("unprocessable message: payload is not valid JSON"),
+        letter["reason"].as_str().unwrap().starts_with("unprocessable message: payload is not valid JSON"),
         "{letter}"
     );
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(letter["payload_base64"].as_str().unwrap())
-        .unwrap();
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(letter["payload_base64"].as_str().unwrap()).unwrap();
     assert_eq!(bytes, garbage);
     assert_eq!(letter["subject"], "orders.new");
     assert_eq!(orders_stream_len(&stack).await, 0, "terminated once copied");
@@ -143,20 +109,12 @@ async fn dlq_service_killed_while_messages_are_dying_loses_none_of_them() {
     let mut stack = Stack::start_with_dlq(1, &[]).await;
     let pool = stack.pool().await;
     let rows = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dlq.dead_letters")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM dlq.dead_letters").fetch_one(&pool).await.unwrap()
     };
 
     let mut ids = Vec::new();
     for i in 0..6 {
-        ids.push(
-            stack
-                .api
-                .place_ok(&format!("c-{i}"), &[("FAIL-1", 1)], None)
-                .await,
-        );
+        ids.push(stack.api.place_ok(&format!("c-{i}"), &[("FAIL-1", 1)], None).await);
         if i == 1 {
             // The first ones start dying; kill the dead-letter service in the middle of it.
             wait_until("a first dead letter is recorded", SETTLE, || async {
@@ -168,14 +126,10 @@ async fn dlq_service_killed_while_messages_are_dying_loses_none_of_them() {
     }
     // While it is down, the others exhaust their deliveries; their advisories wait in
     // orders_unprocessed.
-    wait_until(
-        "every order has exhausted its deliveries",
-        SETTLE,
-        || async {
-            let (pending, ack_pending) = stack.worker_consumer_backlog().await?;
-            (pending == 0 && ack_pending == 0).then_some(())
-        },
-    )
+    wait_until("every order has exhausted its deliveries", SETTLE, || async {
+        let (pending, ack_pending) = stack.worker_consumer_backlog().await?;
+        (pending == 0 && ack_pending == 0).then_some(())
+    })
     .await;
 
     stack.restart_dlq().await;
@@ -190,9 +144,7 @@ async fn a_replay_inside_the_duplicate_window_is_reserved_once_a_second_replay_i
  {
     let mut stack = Stack::start_with_dlq(0, &[]).await;
     // A worker with a bug: every delivery fails.
-    stack
-        .add_worker_with("broken", &[("INVENTORY_FAILURE_RATE", "1.0")])
-        .await;
+    stack.add_worker_with("broken", &[("INVENTORY_FAILURE_RATE", "1.0")]).await;
     let before = stack.inventory().get("WIDGET-1").await;
     let replayed = stack.api.place_ok("c-1", &[("WIDGET-1", 3)], None).await;
     let discarded = stack.api.place_ok("c-2", &[("WIDGET-1", 4)], None).await;
@@ -205,28 +157,19 @@ async fn a_replay_inside_the_duplicate_window_is_reserved_once_a_second_replay_i
 
     let letters = dead_letters(&stack).await;
     let letter_of = |order: &str| {
-        letters.iter().find(|l| l["order_id"] == order).unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        letters.iter().find(|l| l["order_id"] == order).unwrap()["id"].as_str().unwrap().to_owned()
     };
     let (replay_id, discard_id) = (letter_of(&replayed), letter_of(&discarded));
 
     // Well inside the broker's two-minute duplicate window of the original message.
-    let (status, letter) = post(
-        dlq_url(&stack, &format!("/dead-letters/{replay_id}/replay")),
-        Some(json!({"by": "alice"})),
-    )
-    .await;
+    let (status, letter) =
+        post(dlq_url(&stack, &format!("/dead-letters/{replay_id}/replay")), Some(json!({"by": "alice"})))
+            .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(letter["status"], "replayed");
     wait_for_status(&stack, &replayed, "reserved").await;
 
-    let (status, _) = post(
-        dlq_url(&stack, &format!("/dead-letters/{replay_id}/replay")),
-        None,
-    )
-    .await;
+    let (status, _) = post(dlq_url(&stack, &format!("/dead-letters/{replay_id}/replay")), None).await;
     assert_eq!(status, StatusCode::CONFLICT);
 
     let (status, letter) = post(
@@ -237,10 +180,7 @@ async fn a_replay_inside_the_duplicate_window_is_reserved_once_a_second_replay_i
     assert_eq!(status, StatusCode::OK);
     assert_eq!(letter["status_reason"], "customer cancelled");
     let (_, order) = stack.api.get(&discarded).await;
-    assert_eq!(
-        order["status"], "dead_lettered",
-        "a discarded order is not processed"
-    );
+    assert_eq!(order["status"], "dead_lettered", "a discarded order is not processed");
 
     let after = stack.inventory().get("WIDGET-1").await;
     assert_eq!(

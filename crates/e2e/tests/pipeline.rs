@@ -57,45 +57,30 @@ fn reserved_units(orders: &[Value]) -> BTreeMap<String, i64> {
     let mut units = BTreeMap::new();
     for order in orders.iter().filter(|o| o["status"] == "reserved") {
         for item in order["items"].as_array().unwrap() {
-            *units
-                .entry(item["sku"].as_str().unwrap().to_owned())
-                .or_default() += item["quantity"].as_i64().unwrap();
+            *units.entry(item["sku"].as_str().unwrap().to_owned()).or_default() +=
+                item["quantity"].as_i64().unwrap();
         }
     }
     units
 }
 
 /// Stock moved by exactly the reserved quantities: nothing reserved twice, nothing lost.
-async fn assert_stock_moved_exactly(
-    stack: &Stack,
-    before: &HashMap<&str, (i64, i64)>,
-    orders: &[Value],
-) {
+async fn assert_stock_moved_exactly(stack: &Stack, before: &HashMap<&str, (i64, i64)>, orders: &[Value]) {
     let after = stock_levels(stack).await;
     let units = reserved_units(orders);
     for sku in SKUS {
         let taken = units.get(sku).copied().unwrap_or(0);
         let (available_before, reserved_before) = before[sku];
         let (available_after, reserved_after) = after[sku];
-        assert_eq!(
-            available_before - available_after,
-            taken,
-            "available units of {sku}"
-        );
-        assert_eq!(
-            reserved_after - reserved_before,
-            taken,
-            "reserved units of {sku}"
-        );
+        assert_eq!(available_before - available_after, taken, "available units of {sku}");
+        assert_eq!(reserved_after - reserved_before, taken, "reserved units of {sku}");
     }
 }
 
 async fn wait_for_empty_consumer(stack: &Stack) {
-    wait_until(
-        "nothing is left pending in the worker consumer",
-        SETTLE,
-        || async { (stack.worker_consumer_backlog().await? == (0, 0)).then_some(()) },
-    )
+    wait_until("nothing is left pending in the worker consumer", SETTLE, || async {
+        (stack.worker_consumer_backlog().await? == (0, 0)).then_some(())
+    })
     .await;
 }
 
@@ -112,10 +97,7 @@ async fn place_widget_orders(api: OrderApi, count: usize, concurrency: usize) ->
     stream::iter(0..count)
         .map(|i| {
             let api = api.clone();
-            async move {
-                api.place_ok(&format!("c-{i}"), &[("WIDGET-1", 1 + (i % 2) as u32)], None)
-                    .await
-            }
+            async move { api.place_ok(&format!("c-{i}"), &[("WIDGET-1", 1 + (i % 2) as u32)], None).await }
         })
         .buffer_unordered(concurrency)
         .collect()
@@ -123,8 +105,7 @@ async fn place_widget_orders(api: OrderApi, count: usize, concurrency: usize) ->
 }
 
 #[tokio::test]
-async fn a_few_hundred_concurrent_orders_all_reach_their_final_status_and_stock_moves_exactly_once()
-{
+async fn a_few_hundred_concurrent_orders_all_reach_their_final_status_and_stock_moves_exactly_once() {
     let mut stack = Stack::start(2, &[]).await;
     let before = stock_levels(&stack).await;
 
@@ -146,10 +127,7 @@ async fn a_few_hundred_concurrent_orders_all_reach_their_final_status_and_stock_
     }
     for k in 0..15 {
         for _ in 0..2 {
-            requests.push((
-                order_body(&format!("k-{k}"), &[("WIDGET-2", 1)]),
-                Some(format!("key-{k}")),
-            ));
+            requests.push((order_body(&format!("k-{k}"), &[("WIDGET-2", 1)]), Some(format!("key-{k}"))));
         }
     }
     let api = stack.api.clone();
@@ -176,10 +154,7 @@ async fn a_few_hundred_concurrent_orders_all_reach_their_final_status_and_stock_
         }
     }
     for (key, key_ids) in &by_key {
-        assert_eq!(
-            key_ids[0], key_ids[1],
-            "both requests with {key} got the same order"
-        );
+        assert_eq!(key_ids[0], key_ids[1], "both requests with {key} got the same order");
         ids.push(key_ids[0].clone());
     }
     assert_eq!(ids.len(), 285);
@@ -189,36 +164,23 @@ async fn a_few_hundred_concurrent_orders_all_reach_their_final_status_and_stock_
     let pool = stack.pool().await;
     let js = stack.nats.jetstream().await;
     type OutboxRow = (String, Json<BTreeMap<String, String>>, Vec<u8>);
-    let sent: Vec<OutboxRow> = sqlx::query_as(
-        "SELECT subject, headers, payload FROM order_api.outbox ORDER BY id LIMIT 5",
-    )
-    .fetch_all(&pool)
-    .await
-    .unwrap();
+    let sent: Vec<OutboxRow> =
+        sqlx::query_as("SELECT subject, headers, payload FROM order_api.outbox ORDER BY id LIMIT 5")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert_eq!(sent.len(), 5);
     for (subject, headers, payload) in sent {
         let headers = shared::messages::nats_headers(&headers.0, &uuid::Uuid::now_v7().to_string());
-        let ack = js
-            .publish_with_headers(subject, headers, payload.into())
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        let ack = js.publish_with_headers(subject, headers, payload.into()).await.unwrap().await.unwrap();
         assert!(!ack.duplicate, "stored again by the broker");
     }
 
     let orders = final_orders(&stack, &ids).await;
     let status_of = |prefix: &str| -> Vec<&Value> {
-        orders
-            .iter()
-            .filter(|o| o["customer_id"].as_str().unwrap().starts_with(prefix))
-            .collect()
+        orders.iter().filter(|o| o["customer_id"].as_str().unwrap().starts_with(prefix)).collect()
     };
-    for order in status_of("c-")
-        .iter()
-        .chain(&status_of("f-"))
-        .chain(&status_of("k-"))
-    {
+    for order in status_of("c-").iter().chain(&status_of("f-")).chain(&status_of("k-")) {
         assert_eq!(order["status"], "reserved", "{order}");
     }
     let scarce = status_of("s-");
@@ -226,33 +188,19 @@ async fn a_few_hundred_concurrent_orders_all_reach_their_final_status_and_stock_
     assert_eq!(reserved, 10, "exactly the 10 units in stock were sold");
     for order in scarce.iter().filter(|o| o["status"] != "reserved") {
         assert_eq!(order["status"], "rejected");
-        assert!(
-            order["reason"]
-                .as_str()
-                .unwrap()
-                .starts_with("insufficient stock for SCARCE-1"),
-            "{order}"
-        );
+        assert!(order["reason"].as_str().unwrap().starts_with("insufficient stock for SCARCE-1"), "{order}");
     }
     assert_stock_moved_exactly(&stack, &before, &orders).await;
 
     for worker in &stack.workers {
-        assert!(
-            processed_by(&pool, &worker.instance).await > 0,
-            "{} did work",
-            worker.instance
-        );
+        assert!(processed_by(&pool, &worker.instance).await > 0, "{} did work", worker.instance);
     }
     wait_for_empty_consumer(&stack).await;
 
     // Graceful stop: SIGTERM, exit code 0.
     assert!(stack.order_api.terminate().await.success());
     for worker in &mut stack.workers {
-        assert!(
-            worker.process.terminate().await.success(),
-            "{} exits 0",
-            worker.instance
-        );
+        assert!(worker.process.terminate().await.success(), "{} exits 0", worker.instance);
     }
 }
 
@@ -272,16 +220,9 @@ async fn a_worker_killed_mid_run_loses_no_order_and_reserves_none_twice() {
     let ids = placing.await.unwrap();
 
     let orders = final_orders(&stack, &ids).await;
-    assert!(
-        orders.iter().all(|o| o["status"] == "reserved"),
-        "every order reserved"
-    );
+    assert!(orders.iter().all(|o| o["status"] == "reserved"), "every order reserved");
     assert_stock_moved_exactly(&stack, &before, &orders).await;
-    assert_eq!(
-        processed_by(&pool, "worker-1").await,
-        killed_after,
-        "the dead worker did nothing more"
-    );
+    assert_eq!(processed_by(&pool, "worker-1").await, killed_after, "the dead worker did nothing more");
     assert!(processed_by(&pool, "worker-2").await > 0);
     wait_for_empty_consumer(&stack).await;
 }
@@ -313,17 +254,12 @@ async fn orders_placed_while_nats_is_down_are_all_processed_once_it_is_back() {
     let before = stock_levels(&stack).await;
     let pool = stack.pool().await;
     let count_orders = || async {
-        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM order_api.orders")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM order_api.orders").fetch_one(&pool).await.unwrap()
     };
 
     let placing = tokio::spawn(place_widget_orders(stack.api.clone(), 150, 4));
-    wait_until("some orders are placed", SETTLE, || async {
-        (count_orders().await >= 30).then_some(())
-    })
-    .await;
+    wait_until("some orders are placed", SETTLE, || async { (count_orders().await >= 30).then_some(()) })
+        .await;
     stack.nats.stop();
     let at_outage = count_orders().await;
     // Orders keep being accepted (202, checked by place_ok) while NATS is down.
@@ -335,10 +271,7 @@ async fn orders_placed_while_nats_is_down_are_all_processed_once_it_is_back() {
     let ids = placing.await.unwrap();
 
     let orders = final_orders(&stack, &ids).await;
-    assert!(
-        orders.iter().all(|o| o["status"] == "reserved"),
-        "every order processed once NATS is back"
-    );
+    assert!(orders.iter().all(|o| o["status"] == "reserved"), "every order processed once NATS is back");
     assert_stock_moved_exactly(&stack, &before, &orders).await;
     wait_for_empty_consumer(&stack).await;
 }

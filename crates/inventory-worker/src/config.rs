@@ -2,9 +2,7 @@
 
 use std::net::SocketAddr;
 
-use shared::config::{
-    ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings,
-};
+use shared::config::{ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -40,8 +38,7 @@ mod tests {
 
     #[test]
     fn a_failure_rate_outside_0_to_1_names_the_variable() {
-        let err =
-            Config::from_env(&Env::from_pairs([("INVENTORY_FAILURE_RATE", "1.5")])).unwrap_err();
+        let err = Config::from_env(&Env::from_pairs([("INVENTORY_FAILURE_RATE", "1.5")])).unwrap_err();
         assert_eq!(err.variable, "INVENTORY_FAILURE_RATE");
     }
 

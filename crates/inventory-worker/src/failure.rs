@@ -16,24 +16,15 @@ impl FailureInjection {
     /// The reason this delivery (`attempt`, 1-based) must fail, if it must.
     pub fn check(&self, order: &OrderPlaced, attempt: u64) -> Option<String> {
         if let Some(item) = order.items.iter().find(|i| i.sku.starts_with("FAIL-")) {
-            return Some(format!(
-                "injected failure: {} fails every delivery",
-                item.sku
-            ));
+            return Some(format!("injected failure: {} fails every delivery", item.sku));
         }
         if attempt == 1
             && let Some(item) = order.items.iter().find(|i| i.sku.starts_with("FLAKY-"))
         {
-            return Some(format!(
-                "injected failure: {} fails its first delivery",
-                item.sku
-            ));
+            return Some(format!("injected failure: {} fails its first delivery", item.sku));
         }
         if self.random_rate > 0.0 && rand::random_bool(self.random_rate) {
-            return Some(format!(
-                "injected random failure (INVENTORY_FAILURE_RATE={})",
-                self.random_rate
-            ));
+            return Some(format!("injected random failure (INVENTORY_FAILURE_RATE={})", self.random_rate));
         }
         None
     }
@@ -51,13 +42,7 @@ mod tests {
             version: 1,
             order_id: Uuid::now_v7(),
             customer_id: "c".into(),
-            items: skus
-                .iter()
-                .map(|s| OrderItem {
-                    sku: (*s).into(),
-                    quantity: 1,
-                })
-                .collect(),
+            items: skus.iter().map(|s| OrderItem { sku: (*s).into(), quantity: 1 }).collect(),
             placed_at: Utc::now(),
         }
     }
@@ -66,10 +51,7 @@ mod tests {
     fn fail_skus_fail_every_delivery() {
         let none = FailureInjection::default();
         for attempt in 1..=10 {
-            assert!(
-                none.check(&order(&["WIDGET-1", "FAIL-1"]), attempt)
-                    .is_some()
-            );
+            assert!(none.check(&order(&["WIDGET-1", "FAIL-1"]), attempt).is_some());
         }
     }
 
@@ -82,15 +64,7 @@ mod tests {
 
     #[test]
     fn ordinary_orders_never_fail_at_rate_zero_and_always_at_rate_one() {
-        assert!(
-            FailureInjection { random_rate: 0.0 }
-                .check(&order(&["WIDGET-1"]), 1)
-                .is_none()
-        );
-        assert!(
-            FailureInjection { random_rate: 1.0 }
-                .check(&order(&["WIDGET-1"]), 3)
-                .is_some()
-        );
+        assert!(FailureInjection { random_rate: 0.0 }.check(&order(&["WIDGET-1"]), 1).is_none());
+        assert!(FailureInjection { random_rate: 1.0 }.check(&order(&["WIDGET-1"]), 3).is_some());
     }
 }

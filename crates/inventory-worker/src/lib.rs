@@ -69,33 +69,22 @@ impl Application {
             .context("stopped before NATS was reachable")?;
         topology::ensure_streams(&jetstream, &config.nats).await?;
         let consumer =
-            topology::ensure_consumer(&jetstream, ORDERS_STREAM, ORDERS_NEW, &config.consumer)
-                .await?;
+            topology::ensure_consumer(&jetstream, ORDERS_STREAM, ORDERS_NEW, &config.consumer).await?;
 
         let relay = OutboxRelay::new(pool.clone(), jetstream, config.relay.clone());
         let handler = reservation::Reservations {
-            failures: failure::FailureInjection {
-                random_rate: config.failure_rate,
-            },
+            failures: failure::FailureInjection { random_rate: config.failure_rate },
         };
-        let consumer =
-            IdempotentConsumer::new(consumer, pool.clone(), handler, config.consumer.clone())
-                .with_outbox(relay.waker());
+        let consumer = IdempotentConsumer::new(consumer, pool.clone(), handler, config.consumer.clone())
+            .with_outbox(relay.waker());
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
-        Ok(Self {
-            listener,
-            state: AppState { pool, nats: client },
-            relay,
-            consumer,
-        })
+        Ok(Self { listener, state: AppState { pool, nats: client }, relay, consumer })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     /// Runs until `shutdown` is cancelled. On shutdown the worker stops pulling, finishes and
@@ -114,8 +103,5 @@ impl Application {
 }
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Application::build(config, &shutdown)
-        .await?
-        .run_until_stopped(shutdown)
-        .await
+    Application::build(config, &shutdown).await?.run_until_stopped(shutdown).await
 }

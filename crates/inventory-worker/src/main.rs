@@ -1,4 +1,4 @@
-//! `inventory-worker`: configuration from the environment, then run until SIGTERM or Ctrl-C.
+//! `inventory-worker`: telemetry, configuration from the environment, then run until SIGTERM or Ctrl-C.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,13 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init_logging();
+    let telemetry = match telemetry::init("inventory-worker") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match inventory_worker::Config::from_env(&Env::from_process()) {
         Ok(config) => config,
         Err(err) => {
@@ -17,11 +23,10 @@ async fn main() -> ExitCode {
     };
     let stop = CancellationToken::new();
     shutdown::cancel_on_signal(stop.clone());
-    match inventory_worker::run(config, stop).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "inventory-worker failed");
-            ExitCode::FAILURE
-        }
+    let result = inventory_worker::run(config, stop).await;
+    if let Err(err) = &result {
+        tracing::error!(error = format!("{err:#}"), "inventory-worker failed");
     }
+    telemetry.shutdown().await;
+    if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::Utc;
 use shared::{
-    consumer::{Delivery, Handler, Verdict},
+    consumer::{Delivery, Handler, Incoming, Verdict},
     messages::{self, OrderPlaced, OrderRejected, OrderReserved, OutgoingMessage, PAYLOAD_VERSION},
     outbox,
 };
@@ -85,14 +85,14 @@ impl Handler for Reservations {
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        orders: &[&OrderPlaced],
+        orders: &[Incoming<'_, OrderPlaced>],
     ) -> Result<Vec<Decision>, sqlx::Error> {
         if orders.is_empty() {
             return Ok(Vec::new());
         }
         let skus: Vec<&str> = orders
             .iter()
-            .flat_map(|o| o.items.iter().map(|i| i.sku.as_str()))
+            .flat_map(|o| o.message.items.iter().map(|i| i.sku.as_str()))
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
@@ -108,7 +108,8 @@ impl Handler for Reservations {
         let mut taken: BTreeMap<&str, i64> = BTreeMap::new();
         let mut events = Vec::with_capacity(orders.len());
         let mut decisions = Vec::with_capacity(orders.len());
-        for order in orders {
+        for incoming in orders {
+            let order = incoming.message;
             let decision = decide(order, &mut stock);
             match &decision {
                 Decision::Reserved => {
@@ -121,7 +122,8 @@ impl Handler for Reservations {
                         items: order.items.clone(),
                         reserved_at: now,
                     };
-                    events.push(OutgoingMessage::event(&event, SOURCE));
+                    // Made in the order's own span: the event carries the order's trace.
+                    events.push(incoming.span.in_scope(|| OutgoingMessage::event(&event, SOURCE)));
                 }
                 Decision::Rejected(reason) => {
                     let event = OrderRejected {
@@ -130,7 +132,8 @@ impl Handler for Reservations {
                         reason: reason.clone(),
                         rejected_at: now,
                     };
-                    events.push(OutgoingMessage::event(&event, SOURCE));
+                    // Made in the order's own span: the event carries the order's trace.
+                    events.push(incoming.span.in_scope(|| OutgoingMessage::event(&event, SOURCE)));
                 }
             }
             decisions.push(decision);
@@ -183,13 +186,7 @@ mod tests {
             version: 1,
             order_id: Uuid::now_v7(),
             customer_id: "c".into(),
-            items: items
-                .iter()
-                .map(|(s, q)| OrderItem {
-                    sku: (*s).into(),
-                    quantity: *q,
-                })
-                .collect(),
+            items: items.iter().map(|(s, q)| OrderItem { sku: (*s).into(), quantity: *q }).collect(),
             placed_at: Utc::now(),
         }
     }
@@ -201,10 +198,7 @@ mod tests {
     #[test]
     fn an_order_in_stock_is_reserved_and_takes_its_units() {
         let mut levels = stock(&[("A", 5), ("B", 1)]);
-        assert_eq!(
-            decide(&order(&[("A", 2), ("B", 1)]), &mut levels),
-            Decision::Reserved
-        );
+        assert_eq!(decide(&order(&[("A", 2), ("B", 1)]), &mut levels), Decision::Reserved);
         assert_eq!(levels, stock(&[("A", 3), ("B", 0)]));
     }
 
@@ -212,30 +206,21 @@ mod tests {
     fn one_short_item_rejects_the_whole_order_and_takes_nothing() {
         let mut levels = stock(&[("A", 5), ("B", 1)]);
         let decision = decide(&order(&[("A", 2), ("B", 2)]), &mut levels);
-        assert_eq!(
-            decision,
-            Decision::Rejected("insufficient stock for B: 2 requested, 1 available".into())
-        );
+        assert_eq!(decision, Decision::Rejected("insufficient stock for B: 2 requested, 1 available".into()));
         assert_eq!(levels, stock(&[("A", 5), ("B", 1)]));
     }
 
     #[test]
     fn an_unknown_sku_is_rejected() {
         let mut levels = stock(&[("A", 5)]);
-        assert_eq!(
-            decide(&order(&[("Z", 1)]), &mut levels),
-            Decision::Rejected("unknown SKU Z".into())
-        );
+        assert_eq!(decide(&order(&[("Z", 1)]), &mut levels), Decision::Rejected("unknown SKU Z".into()));
     }
 
     #[test]
     fn orders_in_a_batch_see_the_stock_left_by_earlier_ones() {
         let mut levels = stock(&[("A", 3)]);
         assert_eq!(decide(&order(&[("A", 2)]), &mut levels), Decision::Reserved);
-        assert!(matches!(
-            decide(&order(&[("A", 2)]), &mut levels),
-            Decision::Rejected(_)
-        ));
+        assert!(matches!(decide(&order(&[("A", 2)]), &mut levels), Decision::Rejected(_)));
         assert_eq!(decide(&order(&[("A", 1)]), &mut levels), Decision::Reserved);
         assert_eq!(levels["A"], 0);
     }

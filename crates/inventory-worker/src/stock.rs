@@ -32,9 +32,8 @@ pub struct SetStock {
 }
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route("/inventory/{sku}", get(get_stock).put(set_stock))
-        .route("/readyz", get(readyz));
+    let api =
+        Router::new().route("/inventory/{sku}", get(get_stock).put(set_stock)).route("/readyz", get(readyz));
     shared::http::service_routes(api).with_state(state)
 }
 
@@ -43,10 +42,7 @@ fn checked_sku(sku: String) -> Result<String, Problem> {
     Ok(sku)
 }
 
-async fn get_stock(
-    State(app): State<AppState>,
-    Path(sku): Path<String>,
-) -> Result<Json<StockView>, Problem> {
+async fn get_stock(State(app): State<AppState>, Path(sku): Path<String>) -> Result<Json<StockView>, Problem> {
     let sku = checked_sku(sku)?;
     sqlx::query_as("SELECT sku, available, reserved, updated_at FROM inventory WHERE sku = $1")
         .bind(&sku)
@@ -73,10 +69,7 @@ async fn set_stock(
             )]));
         }
         None => {
-            return Err(Problem::validation(vec![FieldError::pointer(
-                "#/available",
-                "is required",
-            )]));
+            return Err(Problem::validation(vec![FieldError::pointer("#/available", "is required")]));
         }
     };
     sqlx::query_as(

@@ -69,13 +69,8 @@ impl Application {
             .await
             .context("stopped before NATS was reachable")?;
         topology::ensure_streams(&jetstream, &config.nats).await?;
-        let consumer = topology::ensure_consumer(
-            &jetstream,
-            EVENTS_STREAM,
-            EVENTS_SUBJECTS,
-            &config.projection,
-        )
-        .await?;
+        let consumer =
+            topology::ensure_consumer(&jetstream, EVENTS_STREAM, EVENTS_SUBJECTS, &config.projection).await?;
 
         let relay = OutboxRelay::new(pool.clone(), jetstream, config.relay.clone());
         let projection = IdempotentConsumer::new(
@@ -94,18 +89,11 @@ impl Application {
             outbox_backlog: relay.backlog(),
             max_outbox_backlog: config.max_outbox_backlog,
         };
-        Ok(Self {
-            listener,
-            state,
-            relay,
-            projection,
-        })
+        Ok(Self { listener, state, relay, projection })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.listener.local_addr().expect("bound listener has an address")
     }
 
     /// Serves HTTP and runs the relay and the projection until `shutdown` is cancelled.
@@ -124,8 +112,5 @@ impl Application {
 
 /// Builds and runs order-api until `shutdown` is cancelled.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    Application::build(config, &shutdown)
-        .await?
-        .run_until_stopped(shutdown)
-        .await
+    Application::build(config, &shutdown).await?.run_until_stopped(shutdown).await
 }

@@ -1,4 +1,4 @@
-//! `order-api`: configuration from the environment, then run until SIGTERM or Ctrl-C.
+//! `order-api`: telemetry, configuration from the environment, then run until SIGTERM or Ctrl-C.
 
 use std::process::ExitCode;
 
@@ -7,7 +7,13 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init_logging();
+    let telemetry = match telemetry::init("order-api") {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
     let config = match order_api::Config::from_env(&Env::from_process()) {
         Ok(config) => config,
         Err(err) => {
@@ -17,11 +23,10 @@ async fn main() -> ExitCode {
     };
     let stop = CancellationToken::new();
     shutdown::cancel_on_signal(stop.clone());
-    match order_api::run(config, stop).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = format!("{err:#}"), "order-api failed");
-            ExitCode::FAILURE
-        }
+    let result = order_api::run(config, stop).await;
+    if let Err(err) = &result {
+        tracing::error!(error = format!("{err:#}"), "order-api failed");
     }
+    telemetry.shutdown().await;
+    if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

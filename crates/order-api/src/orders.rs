@@ -43,14 +43,12 @@ impl PlaceOrderRequest {
         let mut items = Vec::new();
         match self.items {
             None => errors.push(FieldError::pointer("#/items", "is required")),
-            Some(list) if list.is_empty() => errors.push(FieldError::pointer(
-                "#/items",
-                "must contain at least one item",
-            )),
-            Some(list) if list.len() > MAX_ITEMS => errors.push(FieldError::pointer(
-                "#/items",
-                format!("must contain at most {MAX_ITEMS} items"),
-            )),
+            Some(list) if list.is_empty() => {
+                errors.push(FieldError::pointer("#/items", "must contain at least one item"))
+            }
+            Some(list) if list.len() > MAX_ITEMS => {
+                errors.push(FieldError::pointer("#/items", format!("must contain at most {MAX_ITEMS} items")))
+            }
             Some(list) => {
                 let mut seen: Vec<(String, usize)> = Vec::new();
                 for (index, item) in list.into_iter().enumerate() {
@@ -155,6 +153,9 @@ pub struct OrderView {
     /// Why the order was not reserved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The trace of the request that placed the order: its whole journey, in Jaeger.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -178,9 +179,7 @@ mod tests {
     use serde_json::json;
 
     fn validate(body: serde_json::Value) -> Result<NewOrder, Vec<FieldError>> {
-        serde_json::from_value::<PlaceOrderRequest>(body)
-            .unwrap()
-            .validate()
+        serde_json::from_value::<PlaceOrderRequest>(body).unwrap().validate()
     }
 
     fn pointers(errors: &[FieldError]) -> Vec<&str> {
@@ -190,15 +189,8 @@ mod tests {
     #[test]
     fn a_good_order_is_accepted() {
         let order =
-            validate(json!({"customer_id": "c-42", "items": [{"sku": "WIDGET-1", "quantity": 2}]}))
-                .unwrap();
-        assert_eq!(
-            order.items,
-            vec![OrderItem {
-                sku: "WIDGET-1".into(),
-                quantity: 2
-            }]
-        );
+            validate(json!({"customer_id": "c-42", "items": [{"sku": "WIDGET-1", "quantity": 2}]})).unwrap();
+        assert_eq!(order.items, vec![OrderItem { sku: "WIDGET-1".into(), quantity: 2 }]);
     }
 
     #[test]
@@ -213,32 +205,18 @@ mod tests {
     fn quantities_must_be_between_1_and_1000() {
         for bad in [0, -1, 1001] {
             let errors =
-                validate(json!({"customer_id": "c", "items": [{"sku": "A", "quantity": bad}]}))
-                    .unwrap_err();
+                validate(json!({"customer_id": "c", "items": [{"sku": "A", "quantity": bad}]})).unwrap_err();
             assert_eq!(pointers(&errors), ["#/items/0/quantity"], "{bad}");
         }
-        assert!(
-            validate(json!({"customer_id": "c", "items": [{"sku": "A", "quantity": 1000}]}))
-                .is_ok()
-        );
+        assert!(validate(json!({"customer_id": "c", "items": [{"sku": "A", "quantity": 1000}]})).is_ok());
     }
 
     #[test]
     fn item_counts_must_be_between_1_and_100() {
-        assert_eq!(
-            pointers(&validate(json!({"customer_id": "c", "items": []})).unwrap_err()),
-            ["#/items"]
-        );
-        let many: Vec<_> = (0..101)
-            .map(|i| json!({"sku": format!("S{i}"), "quantity": 1}))
-            .collect();
-        assert_eq!(
-            pointers(&validate(json!({"customer_id": "c", "items": many})).unwrap_err()),
-            ["#/items"]
-        );
-        let hundred: Vec<_> = (0..100)
-            .map(|i| json!({"sku": format!("S{i}"), "quantity": 1}))
-            .collect();
+        assert_eq!(pointers(&validate(json!({"customer_id": "c", "items": []})).unwrap_err()), ["#/items"]);
+        let many: Vec<_> = (0..101).map(|i| json!({"sku": format!("S{i}"), "quantity": 1})).collect();
+        assert_eq!(pointers(&validate(json!({"customer_id": "c", "items": many})).unwrap_err()), ["#/items"]);
+        let hundred: Vec<_> = (0..100).map(|i| json!({"sku": format!("S{i}"), "quantity": 1})).collect();
         assert!(validate(json!({"customer_id": "c", "items": hundred})).is_ok());
     }
 
@@ -255,8 +233,7 @@ mod tests {
     fn ids_must_be_short_and_plain() {
         for bad in ["", "has space", "ünïcode", &"x".repeat(65)] {
             let errors =
-                validate(json!({"customer_id": bad, "items": [{"sku": "A", "quantity": 1}]}))
-                    .unwrap_err();
+                validate(json!({"customer_id": bad, "items": [{"sku": "A", "quantity": 1}]})).unwrap_err();
             assert_eq!(pointers(&errors), ["#/customer_id"], "{bad:?}");
         }
     }
@@ -276,31 +253,18 @@ mod tests {
             status: OrderStatus::Pending,
             customer_id: "c".into(),
             items: vec![
-                OrderItem {
-                    sku: "A".into(),
-                    quantity: 1,
-                },
-                OrderItem {
-                    sku: "B".into(),
-                    quantity: 2,
-                },
+                OrderItem { sku: "A".into(), quantity: 1 },
+                OrderItem { sku: "B".into(), quantity: 2 },
             ],
             reason: None,
+            trace_id: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };
-        let same = NewOrder {
-            customer_id: "c".into(),
-            items: view.items.iter().rev().cloned().collect(),
-        };
+        let same = NewOrder { customer_id: "c".into(), items: view.items.iter().rev().cloned().collect() };
         assert!(view.matches(&same));
-        let other = NewOrder {
-            customer_id: "c".into(),
-            items: vec![OrderItem {
-                sku: "A".into(),
-                quantity: 1,
-            }],
-        };
+        let other =
+            NewOrder { customer_id: "c".into(), items: vec![OrderItem { sku: "A".into(), quantity: 1 }] };
         assert!(!view.matches(&other));
     }
 }

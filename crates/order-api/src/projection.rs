@@ -6,11 +6,13 @@
 //! inventory-worker uses: a redelivered event finds its ID in `processed_messages` and changes
 //! nothing.
 
+use shared::telemetry;
 use shared::{
-    consumer::{Delivery, Handler, Verdict},
+    consumer::{Delivery, Handler, Incoming, Verdict},
     messages::OrderEvent,
 };
 use sqlx::PgConnection;
+use tracing::Instrument;
 
 use crate::orders::OrderStatus;
 
@@ -40,10 +42,11 @@ impl Handler for StatusProjection {
     async fn apply(
         &self,
         tx: &mut PgConnection,
-        events: &[&OrderEvent],
+        events: &[Incoming<'_, OrderEvent>],
     ) -> Result<Vec<StatusChange>, sqlx::Error> {
         let mut changes = Vec::with_capacity(events.len());
-        for event in events {
+        for incoming in events {
+            let event = incoming.message;
             let (status, reason) = match event {
                 OrderEvent::Reserved(_) => (OrderStatus::Reserved, None),
                 OrderEvent::Rejected(e) => (OrderStatus::Rejected, Some(e.reason.as_str())),
@@ -59,6 +62,8 @@ impl Handler for StatusProjection {
             .bind(status)
             .bind(reason)
             .execute(&mut *tx)
+            // The status update, as a span in the order's trace.
+            .instrument(incoming.span.in_scope(|| telemetry::db_span("UPDATE orders")))
             .await?;
             changes.push(if updated.rows_affected() == 1 {
                 StatusChange::Updated(status)

@@ -70,10 +70,7 @@ async fn place_order(
         Placed::Replayed(view) => (view, true),
         Placed::KeyReused => {
             return Err(Problem {
-                errors: vec![FieldError::header(
-                    "Idempotency-Key",
-                    "already used for a different order",
-                )],
+                errors: vec![FieldError::header("Idempotency-Key", "already used for a different order")],
                 ..Problem::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "/problems/idempotency-key-reused",
@@ -90,24 +87,16 @@ async fn place_order(
         response.headers_mut().insert(header::LOCATION, value);
     }
     if replayed {
-        response
-            .headers_mut()
-            .insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
     Ok(response)
 }
 
 /// `GET /orders/{id}`: the order and its current status.
-async fn get_order(
-    State(app): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<Response, Problem> {
+async fn get_order(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| Problem::bad_request(FieldError::parameter("id", "must be a UUID")))?;
-    match store::find_order(&app.pool, id)
-        .await
-        .map_err(Problem::database)?
-    {
+    match store::find_order(&app.pool, id).await.map_err(Problem::database)? {
         Some(view) => Ok(Json(view).into_response()),
         None => Err(Problem::not_found(format!("There is no order {id}."))),
     }

@@ -3,9 +3,10 @@
 use chrono::Utc;
 use shared::{
     messages::{OrderPlaced, OutgoingMessage, PAYLOAD_VERSION},
-    outbox,
+    outbox, telemetry,
 };
 use sqlx::{PgPool, types::Json};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::orders::{NewOrder, OrderView};
@@ -34,54 +35,59 @@ pub async fn place_order(
     order: &NewOrder,
     idempotency_key: Option<&str>,
 ) -> Result<Placed, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    let id = Uuid::now_v7();
     let now = Utc::now();
-    let inserted: Option<OrderView> = sqlx::query_as(
-        "INSERT INTO orders (id, customer_id, items, idempotency_key, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $5)
-         ON CONFLICT (idempotency_key) DO NOTHING
-         RETURNING id, status, customer_id, items, reason, created_at, updated_at",
-    )
-    .bind(Uuid::now_v7())
-    .bind(&order.customer_id)
-    .bind(Json(&order.items))
-    .bind(idempotency_key)
-    .bind(now)
-    .fetch_optional(&mut *tx)
-    .await?;
-
-    let Some(view) = inserted else {
-        let existing: OrderView = sqlx::query_as(
-            "SELECT id, status, customer_id, items, reason, created_at, updated_at
-             FROM orders WHERE idempotency_key = $1",
-        )
-        .bind(idempotency_key)
-        .fetch_one(&mut *tx)
-        .await?;
-        return Ok(if existing.matches(order) {
-            Placed::Replayed(existing)
-        } else {
-            Placed::KeyReused
-        });
-    };
-
     let event = OrderPlaced {
         version: PAYLOAD_VERSION,
-        order_id: view.order_id,
-        customer_id: view.customer_id.clone(),
-        items: view.items.clone(),
+        order_id: id,
+        customer_id: order.customer_id.clone(),
+        items: order.items.clone(),
         placed_at: now,
     };
-    outbox::enqueue(&mut tx, &[OutgoingMessage::event(&event, SOURCE)]).await?;
-    tx.commit().await?;
-    Ok(Placed::Created(view))
+    // Made here, in the request's span, so the message carries the request's trace context.
+    let message = OutgoingMessage::event(&event, SOURCE);
+    let trace_id = telemetry::current_trace_id();
+
+    async {
+        let mut tx = pool.begin().await?;
+        let inserted: Option<OrderView> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO orders (id, customer_id, items, idempotency_key, trace_id, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $6)
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING {ORDER_COLUMNS}"
+        )))
+        .bind(id)
+        .bind(&order.customer_id)
+        .bind(Json(&order.items))
+        .bind(idempotency_key)
+        .bind(&trace_id)
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+
+        let Some(view) = inserted else {
+            let existing: OrderView = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT {ORDER_COLUMNS} FROM orders WHERE idempotency_key = $1"
+            )))
+            .bind(idempotency_key)
+            .fetch_one(&mut *tx)
+            .await?;
+            return Ok(if existing.matches(order) { Placed::Replayed(existing) } else { Placed::KeyReused });
+        };
+        outbox::enqueue(&mut tx, std::slice::from_ref(&message)).await?;
+        tx.commit().await?;
+        Ok(Placed::Created(view))
+    }
+    .instrument(telemetry::db_span("place order"))
+    .await
 }
 
 pub async fn find_order(pool: &PgPool, id: Uuid) -> Result<Option<OrderView>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, status, customer_id, items, reason, created_at, updated_at FROM orders WHERE id = $1",
-    )
-    .bind(id)
-    .fetch_optional(pool)
-    .await
+    sqlx::query_as(sqlx::AssertSqlSafe(format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
+
+/// The columns of an [`OrderView`].
+const ORDER_COLUMNS: &str = "id, status, customer_id, items, reason, trace_id, created_at, updated_at";

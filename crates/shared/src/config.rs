@@ -23,11 +23,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(variable: &str, value: &str, problem: impl Display) -> Self {
-        Self {
-            variable: variable.to_owned(),
-            value: value.to_owned(),
-            problem: problem.to_string(),
-        }
+        Self { variable: variable.to_owned(), value: value.to_owned(), problem: problem.to_string() }
     }
 }
 
@@ -47,24 +43,15 @@ impl std::fmt::Debug for Env {
 impl Env {
     /// The process environment. Empty values count as unset, as in most shells' `${VAR:-default}`.
     pub fn from_process() -> Self {
-        Self {
-            lookup: Box::new(|name| std::env::var(name).ok()),
-        }
+        Self { lookup: Box::new(|name| std::env::var(name).ok()) }
     }
 
     pub fn from_map(map: HashMap<String, String>) -> Self {
-        Self {
-            lookup: Box::new(move |name| map.get(name).cloned()),
-        }
+        Self { lookup: Box::new(move |name| map.get(name).cloned()) }
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {
-        Self::from_map(
-            pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        )
+        Self::from_map(pairs.into_iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
     }
 
     /// The raw value, if set and not empty.
@@ -84,10 +71,7 @@ impl Env {
     {
         match self.raw(name) {
             None => Ok(default),
-            Some(value) => value
-                .trim()
-                .parse()
-                .map_err(|err| ConfigError::new(name, &value, err)),
+            Some(value) => value.trim().parse().map_err(|err| ConfigError::new(name, &value, err)),
         }
     }
 
@@ -105,10 +89,8 @@ impl Env {
             None => return Ok(default),
             Some(value) => value,
         };
-        let number: T = value
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::new(name, &value, "expected a whole number"))?;
+        let number: T =
+            value.trim().parse().map_err(|_| ConfigError::new(name, &value, "expected a whole number"))?;
         if !range.contains(&number) {
             return Err(ConfigError::new(
                 name,
@@ -127,11 +109,7 @@ impl Env {
         };
         match value.trim().parse::<f64>() {
             Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
-            _ => Err(ConfigError::new(
-                name,
-                &value,
-                "expected a number between 0.0 and 1.0",
-            )),
+            _ => Err(ConfigError::new(name, &value, "expected a number between 0.0 and 1.0")),
         }
     }
 
@@ -147,18 +125,12 @@ impl Env {
     pub fn duration(&self, name: &str, default: Duration) -> Result<Duration, ConfigError> {
         match self.raw(name) {
             None => Ok(default),
-            Some(value) => {
-                parse_duration(&value).map_err(|problem| ConfigError::new(name, &value, problem))
-            }
+            Some(value) => parse_duration(&value).map_err(|problem| ConfigError::new(name, &value, problem)),
         }
     }
 
     /// A comma-separated list of durations, e.g. `1s,2s,4s`.
-    pub fn durations(
-        &self,
-        name: &str,
-        default: &[Duration],
-    ) -> Result<Vec<Duration>, ConfigError> {
+    pub fn durations(&self, name: &str, default: &[Duration]) -> Result<Vec<Duration>, ConfigError> {
         match self.raw(name) {
             None => Ok(default.to_vec()),
             Some(value) => value
@@ -172,9 +144,7 @@ impl Env {
     pub fn bytes(&self, name: &str, default: u64) -> Result<u64, ConfigError> {
         match self.raw(name) {
             None => Ok(default),
-            Some(value) => {
-                parse_bytes(&value).map_err(|problem| ConfigError::new(name, &value, problem))
-            }
+            Some(value) => parse_bytes(&value).map_err(|problem| ConfigError::new(name, &value, problem)),
         }
     }
 }
@@ -186,9 +156,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| "expected a number with a unit: ms, s, m, h or d (e.g. 2s)".to_owned())?;
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| "expected a number with a unit: ms, s, m, h or d (e.g. 2s)".to_owned())?;
+    let number: u64 =
+        number.parse().map_err(|_| "expected a number with a unit: ms, s, m, h or d (e.g. 2s)".to_owned())?;
     let millis = match unit {
         "ms" => 1,
         "s" => 1_000,
@@ -202,13 +171,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 
 fn parse_bytes(text: &str) -> Result<u64, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| "expected a size such as 1048576, 512KiB or 256MiB".to_owned())?;
+    let number: u64 =
+        number.parse().map_err(|_| "expected a size such as 1048576, 512KiB or 256MiB".to_owned())?;
     let factor = match unit.trim() {
         "" | "B" => 1,
         "KiB" => 1 << 10,
@@ -281,10 +247,8 @@ impl NatsConfig {
             url,
             orders_stream: OrdersStreamSettings::from_env(env)?,
             events_stream: EventsStreamSettings::from_env(env)?,
-            unprocessed_max_age: env.duration(
-                "UNPROCESSED_STREAM_MAX_AGE",
-                Duration::from_secs(14 * 24 * 3600),
-            )?,
+            unprocessed_max_age: env
+                .duration("UNPROCESSED_STREAM_MAX_AGE", Duration::from_secs(14 * 24 * 3600))?,
         })
     }
 }
@@ -309,8 +273,7 @@ impl OrdersStreamSettings {
         Ok(Self {
             max_bytes: env.bytes("ORDERS_STREAM_MAX_BYTES", 256 << 20)?,
             max_message_size: env.bytes("ORDERS_STREAM_MAX_MSG_SIZE", 1 << 20)?,
-            duplicate_window: env
-                .duration("ORDERS_STREAM_DUPLICATE_WINDOW", Duration::from_secs(120))?,
+            duplicate_window: env.duration("ORDERS_STREAM_DUPLICATE_WINDOW", Duration::from_secs(120))?,
         })
     }
 }
@@ -384,16 +347,8 @@ impl ConsumerSettings {
     pub fn from_env(env: &Env, prefix: &str, default_name: &str) -> Result<Self, ConfigError> {
         let var = |suffix: &str| format!("{prefix}_{suffix}");
         let name = env.string(&var("CONSUMER"), default_name);
-        if name.is_empty()
-            || !name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(ConfigError::new(
-                &var("CONSUMER"),
-                &name,
-                "use letters, digits, '-' and '_' only",
-            ));
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(ConfigError::new(&var("CONSUMER"), &name, "use letters, digits, '-' and '_' only"));
         }
         let max_deliver = env.number(&var("MAX_DELIVER"), 5, 1..=1_000)?;
         // Defaults: 5 deliveries, 1+2+4+8 s apart; JetStream gives up on a message that always
@@ -411,10 +366,7 @@ impl ConsumerSettings {
             return Err(ConfigError::new(
                 &var("BACKOFF"),
                 &env.string(&var("BACKOFF"), ""),
-                format!(
-                    "must list fewer pauses than {} ({max_deliver})",
-                    var("MAX_DELIVER")
-                ),
+                format!("must list fewer pauses than {} ({max_deliver})", var("MAX_DELIVER")),
             ));
         }
         Ok(Self {
@@ -471,10 +423,7 @@ mod tests {
         let env = Env::from_pairs([("WORKER_MAX_DELIVER", "zero")]);
         let err = ConsumerSettings::from_env(&env, "WORKER", "w").unwrap_err();
         assert_eq!(err.variable, "WORKER_MAX_DELIVER");
-        assert!(
-            err.to_string().contains("WORKER_MAX_DELIVER=\"zero\""),
-            "{err}"
-        );
+        assert!(err.to_string().contains("WORKER_MAX_DELIVER=\"zero\""), "{err}");
     }
 
     #[test]
@@ -488,9 +437,8 @@ mod tests {
     fn default_retries_dead_letter_within_thirty_seconds() {
         let settings = ConsumerSettings::from_env(&Env::from_pairs([]), "WORKER", "w").unwrap();
         // Every delivery, the last included, waits its BackOff step before JetStream moves on.
-        let until_given_up: Duration = (1..=settings.max_deliver as u64)
-            .map(|attempt| settings.delay_after(attempt))
-            .sum();
+        let until_given_up: Duration =
+            (1..=settings.max_deliver as u64).map(|attempt| settings.delay_after(attempt)).sum();
         assert_eq!(until_given_up, Duration::from_secs(1 + 2 + 4 + 8 + 8));
         assert!(until_given_up < Duration::from_secs(30));
         // After the last listed pause, the last one repeats.
@@ -500,10 +448,7 @@ mod tests {
     #[test]
     fn empty_values_count_as_unset() {
         let env = Env::from_pairs([("NATS_URL", "  ")]);
-        assert_eq!(
-            NatsConfig::from_env(&env).unwrap().url,
-            NatsConfig::DEFAULT_URL
-        );
+        assert_eq!(NatsConfig::from_env(&env).unwrap().url, NatsConfig::DEFAULT_URL);
     }
 
     #[test]

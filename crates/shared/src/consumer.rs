@@ -48,14 +48,20 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use opentelemetry::trace::TraceContextExt;
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
 use crate::{
     config::ConsumerSettings,
     db,
     messages::{
         Envelope,
         dead_letter::{self, LAST_ERROR_SUBJECT, POISON_SUBJECT},
+        headers,
     },
     outbox::OutboxWaker,
+    propagation, telemetry,
 };
 
 /// One delivery of a message, with what the consumer needs to know about it.
@@ -67,6 +73,16 @@ pub struct Delivery {
     /// 1 on the first delivery, 2 on the first redelivery, …
     pub attempt: u64,
     pub stream_sequence: u64,
+    /// The span of this delivery attempt, child of the context the message carries.
+    pub span: tracing::Span,
+}
+
+/// A new message being applied, with the span of its delivery: work done for this message
+/// (outcome events, statements) belongs under that span, in the message's own trace.
+#[derive(Debug)]
+pub struct Incoming<'a, M> {
+    pub message: &'a M,
+    pub span: &'a tracing::Span,
 }
 
 /// What [`Handler::prepare`] decides about a delivery before any database work.
@@ -96,7 +112,7 @@ pub trait Handler: Send + Sync + 'static {
     fn apply(
         &self,
         tx: &mut PgConnection,
-        messages: &[&Self::Message],
+        messages: &[Incoming<'_, Self::Message>],
     ) -> impl Future<Output = Result<Vec<Self::Outcome>, sqlx::Error>> + Send;
 }
 
@@ -137,19 +153,8 @@ pub struct IdempotentConsumer<H> {
 }
 
 impl<H: Handler> IdempotentConsumer<H> {
-    pub fn new(
-        consumer: PullConsumer,
-        pool: PgPool,
-        handler: H,
-        settings: ConsumerSettings,
-    ) -> Self {
-        Self {
-            consumer,
-            pool,
-            handler,
-            settings,
-            outbox: None,
-        }
+    pub fn new(consumer: PullConsumer, pool: PgPool, handler: H, settings: ConsumerSettings) -> Self {
+        Self { consumer, pool, handler, settings, outbox: None }
     }
 
     /// Wake this outbox relay after every commit (the handler writes outcome events).
@@ -192,51 +197,59 @@ impl<H: Handler> IdempotentConsumer<H> {
 
     /// Processes one batch of received messages: prepare, apply in one transaction, commit,
     /// then acknowledge. Public so tests can drive the consumer one batch at a time.
+    ///
+    /// Tracing: each delivery gets its own CONSUMER span, whose parent is the context in the
+    /// message's headers, so each order's trace stays one tree. The batch's transaction is one
+    /// span under a batch span that *links* to every message it carries (a span has one parent;
+    /// a batch serves many traces).
     pub async fn process(
         &self,
         received: Vec<jetstream::Message>,
     ) -> Result<Vec<Processed<H::Outcome>>, ConsumerError> {
+        let batch_span = tracing::info_span!(
+            "process batch",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.operation.type = "process",
+            messaging.consumer.group.name = %self.settings.name,
+            messaging.batch.message_count = received.len(),
+        );
         let mut to_apply: Vec<(Delivery, H::Message)> = Vec::new();
-        let mut done: Vec<(jetstream::Message, Processed<H::Outcome>)> = Vec::new();
+        let mut done: Vec<(Delivery, Disposition<H::Outcome>)> = Vec::new();
 
         for message in received {
             let (attempt, stream_sequence) = match message.info() {
-                Ok(info) => (
-                    u64::try_from(info.delivered).unwrap_or(1),
-                    info.stream_sequence,
-                ),
+                Ok(info) => (u64::try_from(info.delivered).unwrap_or(1), info.stream_sequence),
                 Err(_) => (1, 0),
             };
-            let envelope = match Envelope::from_headers(message.headers.as_ref()) {
-                Ok(envelope) => envelope,
-                Err(err) => {
-                    let processed = self.poison(stream_sequence, None, err);
-                    done.push((message, processed));
-                    continue;
-                }
-            };
-            let delivery = Delivery {
-                message,
-                envelope,
+            let parent = propagation::extract(message.headers.as_ref());
+            batch_span.add_link(parent.span().span_context().clone());
+            let ce_id =
+                message.headers.as_ref().and_then(|h| h.get(headers::ID)).map(|v| v.as_str().to_owned());
+            let span = telemetry::process_span(
+                &message.subject,
+                ce_id.as_deref().unwrap_or(""),
+                &self.settings.name,
                 attempt,
                 stream_sequence,
+            );
+            span.set_parent(parent).ok();
+            let (envelope, unreadable) = match Envelope::from_headers(message.headers.as_ref()) {
+                Ok(envelope) => (envelope, None),
+                Err(err) => (Envelope::unknown(), Some(err)),
             };
-            match self.handler.prepare(&delivery) {
+            let delivery = Delivery { message, envelope, attempt, stream_sequence, span };
+            let verdict = match unreadable {
+                None => delivery.span.in_scope(|| self.handler.prepare(&delivery)),
+                Some(err) => Verdict::Poison(err.to_string()),
+            };
+            match verdict {
                 Verdict::Process(decoded) => to_apply.push((delivery, decoded)),
                 Verdict::Retry(reason) => {
                     let delay = self.settings.delay_after(attempt);
-                    let processed = Processed {
-                        stream_sequence,
-                        message_id: Some(delivery.envelope.id),
-                        disposition: Disposition::Retry { reason, delay },
-                    };
-                    done.push((delivery.message, processed));
+                    done.push((delivery, Disposition::Retry { reason, delay }));
                 }
-                Verdict::Poison(reason) => {
-                    let processed =
-                        self.poison(stream_sequence, Some(delivery.envelope.id), reason);
-                    done.push((delivery.message, processed));
-                }
+                Verdict::Poison(reason) => done.push((delivery, Disposition::Poison { reason })),
             }
         }
 
@@ -244,19 +257,21 @@ impl<H: Handler> IdempotentConsumer<H> {
             // While the transaction runs (it may wait on locks or on a reconnecting pool), tell
             // JetStream the messages in hand are being worked on, so none is redelivered to
             // another worker meanwhile.
-            let in_hand = to_apply
-                .iter()
-                .map(|(d, _)| &d.message)
-                .chain(done.iter().map(|(m, _)| m));
-            keep_alive(self.apply(&to_apply), in_hand, self.settings.backoff[0]).await
+            let in_hand =
+                to_apply.iter().map(|(d, _)| &d.message).chain(done.iter().map(|(d, _)| &d.message));
+            let work = self.apply(&to_apply).instrument(batch_span.clone());
+            keep_alive(work, in_hand, self.settings.backoff[0]).await
         };
         let applied = match applied {
             Ok(applied) => applied,
             Err(err) => {
                 // Nothing was committed. The messages in hand are left unacknowledged: JetStream
                 // hands them out again after their BackOff step, by when Postgres may be back.
-                for (message, processed) in &done {
-                    self.settle(message, &processed.disposition).await;
+                for (delivery, _) in &to_apply {
+                    telemetry::record_error(&delivery.span, "database_unavailable", &err.to_string());
+                }
+                for (delivery, disposition) in &done {
+                    self.settle(delivery, disposition).await;
                 }
                 return Err(ConsumerError::DatabaseUnavailable(err));
             }
@@ -268,18 +283,15 @@ impl<H: Handler> IdempotentConsumer<H> {
         }
 
         // The transaction is committed: only now acknowledge.
-        for ((delivery, _), disposition) in to_apply.into_iter().zip(applied) {
-            let processed = Processed {
-                stream_sequence: delivery.stream_sequence,
-                message_id: Some(delivery.envelope.id),
-                disposition,
-            };
-            done.push((delivery.message, processed));
-        }
+        done.extend(to_apply.into_iter().map(|(delivery, _)| delivery).zip(applied));
         let mut report = Vec::with_capacity(done.len());
-        for (message, processed) in done {
-            self.settle(&message, &processed.disposition).await;
-            report.push(processed);
+        for (delivery, disposition) in done {
+            self.settle(&delivery, &disposition).await;
+            report.push(Processed {
+                stream_sequence: delivery.stream_sequence,
+                message_id: (!delivery.envelope.id.is_nil()).then_some(delivery.envelope.id),
+                disposition,
+            });
         }
         Ok(report)
     }
@@ -333,8 +345,8 @@ impl<H: Handler> IdempotentConsumer<H> {
         let mut tries = 0;
         loop {
             tries += 1;
-            let mut tx = self.pool.begin().await?;
-            let result = async {
+            let transaction = async {
+                let mut tx = self.pool.begin().await?;
                 let new_ids: HashSet<Uuid> = sqlx::query_scalar(
                     "INSERT INTO processed_messages (consumer, message_id, processed_by)
                      SELECT $1, id, $3 FROM unnest($2::uuid[]) AS id
@@ -353,40 +365,30 @@ impl<H: Handler> IdempotentConsumer<H> {
                 let mut first_seen = HashSet::new();
                 let is_new: Vec<bool> = batch
                     .iter()
-                    .map(|(d, _)| {
-                        new_ids.contains(&d.envelope.id) && first_seen.insert(d.envelope.id)
-                    })
+                    .map(|(d, _)| new_ids.contains(&d.envelope.id) && first_seen.insert(d.envelope.id))
                     .collect();
-                let fresh: Vec<&H::Message> = batch
+                let fresh: Vec<Incoming<'_, H::Message>> = batch
                     .iter()
                     .zip(&is_new)
                     .filter(|(_, new)| **new)
-                    .map(|((_, m), _)| m)
+                    .map(|((delivery, message), _)| Incoming { message, span: &delivery.span })
                     .collect();
                 let outcomes = self.handler.apply(&mut tx, &fresh).await?;
-                assert_eq!(
-                    outcomes.len(),
-                    fresh.len(),
-                    "Handler::apply must return one outcome per message"
-                );
+                assert_eq!(outcomes.len(), fresh.len(), "Handler::apply must return one outcome per message");
+                tx.commit().await?;
                 let mut outcomes = outcomes.into_iter();
                 let mut dispositions = Vec::with_capacity(batch.len());
                 for new in is_new {
                     dispositions.push(match new {
-                        true => outcomes
-                            .next()
-                            .map_or(Disposition::Duplicate, Disposition::Applied),
+                        true => outcomes.next().map_or(Disposition::Duplicate, Disposition::Applied),
                         false => Disposition::Duplicate,
                     });
                 }
                 Ok::<_, sqlx::Error>(dispositions)
             }
-            .await;
-            match result {
-                Ok(dispositions) => {
-                    tx.commit().await?;
-                    return Ok(dispositions);
-                }
+            .instrument(telemetry::db_span("transaction"));
+            match transaction.await {
+                Ok(dispositions) => return Ok(dispositions),
                 Err(err) if db::is_retryable_conflict(&err) && tries < 3 => {
                     tracing::debug!(error = %err, "transaction conflict; retrying the batch");
                 }
@@ -395,71 +397,64 @@ impl<H: Handler> IdempotentConsumer<H> {
         }
     }
 
-    fn poison(
-        &self,
-        stream_sequence: u64,
-        message_id: Option<Uuid>,
-        reason: impl ToString,
-    ) -> Processed<H::Outcome> {
-        Processed {
-            stream_sequence,
-            message_id,
-            disposition: Disposition::Poison {
-                reason: reason.to_string(),
-            },
-        }
-    }
-
-    /// Tells JetStream what became of a delivery.
-    async fn settle(&self, message: &jetstream::Message, disposition: &Disposition<H::Outcome>) {
+    /// Tells JetStream what became of a delivery, and ends its span with the outcome.
+    async fn settle(&self, delivery: &Delivery, disposition: &Disposition<H::Outcome>) {
         let consumer = &self.settings.name;
+        let message = &delivery.message;
+        let span = &delivery.span;
         match disposition {
-            Disposition::Applied(_) | Disposition::Duplicate => {
-                // Not waiting for the server's confirmation: if this ack is lost, the message
-                // comes back and is recognised as a duplicate.
-                if let Err(err) = message.ack().await {
-                    tracing::warn!(%consumer, error = %err, "ack failed; the message will be redelivered");
-                }
+            Disposition::Applied(outcome) => {
+                span.record("outcome", format!("{outcome:?}"));
+                self.ack(message).instrument(span.clone()).await;
+            }
+            Disposition::Duplicate => {
+                span.record("outcome", "duplicate");
+                self.ack(message).instrument(span.clone()).await;
             }
             Disposition::Retry { reason, delay } => {
+                telemetry::record_error(span, "attempt_failed", reason);
                 // Not acknowledged: JetStream redelivers it after `delay`, the next BackOff step.
-                if message
-                    .info()
-                    .is_ok_and(|info| info.delivered >= self.settings.max_deliver)
-                {
-                    tracing::warn!(%consumer, %reason, gives_up_in = ?delay, "last attempt failed; JetStream will dead-letter the message");
+                if delivery.attempt >= self.settings.max_deliver.unsigned_abs() {
+                    span.in_scope(|| tracing::warn!(%consumer, %reason, gives_up_in = ?delay, "last attempt failed; JetStream will dead-letter the message"));
                     // Leave word of why, for the dead-letter record (the MAX_DELIVERIES
                     // advisory does not say).
                     self.publish_about(message, LAST_ERROR_SUBJECT, reason, Bytes::new())
+                        .instrument(span.clone())
                         .await
                         .ok();
                 } else {
-                    tracing::info!(%consumer, %reason, retry_in = ?delay, "attempt failed; will retry");
+                    span.in_scope(|| tracing::info!(%consumer, %reason, retry_in = ?delay, "attempt failed; will retry"));
                 }
             }
             Disposition::Poison { reason } => {
-                let sequence = message
-                    .info()
-                    .map(|i| i.stream_sequence)
-                    .unwrap_or_default();
-                tracing::error!(%consumer, stream_sequence = sequence, %reason, "poison message: copying it to the dead-letter stream");
-                // A work-queue stream deletes a terminated message, so terminate only once a
-                // copy is stored; if the copy fails, leave it unacknowledged and try again on
-                // redelivery.
-                match self
-                    .publish_about(message, POISON_SUBJECT, reason, message.payload.clone())
-                    .await
-                {
-                    Ok(()) => {
-                        if let Err(err) = terminate(message, reason).await {
-                            tracing::warn!(%consumer, error = %err, "term failed; the message will be redelivered");
+                telemetry::record_error(span, "poison", reason);
+                async {
+                    tracing::error!(%consumer, stream_sequence = delivery.stream_sequence, %reason, "poison message: copying it to the dead-letter stream");
+                    // A work-queue stream deletes a terminated message, so terminate only once a
+                    // copy is stored; if the copy fails, leave it unacknowledged and try again on
+                    // redelivery.
+                    match self.publish_about(message, POISON_SUBJECT, reason, message.payload.clone()).await {
+                        Ok(()) => {
+                            if let Err(err) = terminate(message, reason).await {
+                                tracing::warn!(%consumer, error = %err, "term failed; the message will be redelivered");
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(%consumer, error = %err, "could not store a copy of the poison message; not terminating it");
                         }
                     }
-                    Err(err) => {
-                        tracing::warn!(%consumer, error = %err, "could not store a copy of the poison message; not terminating it");
-                    }
                 }
+                .instrument(span.clone())
+                .await;
             }
+        }
+    }
+
+    async fn ack(&self, message: &jetstream::Message) {
+        // Not waiting for the server's confirmation: if this ack is lost, the message comes
+        // back and is recognised as a duplicate.
+        if let Err(err) = message.ack().await {
+            tracing::warn!(consumer = %self.settings.name, error = %err, "ack failed; the message will be redelivered");
         }
     }
 
@@ -482,32 +477,16 @@ impl<H: Handler> IdempotentConsumer<H> {
                 }
             }
         }
-        let one_line: String = reason
-            .chars()
-            .map(|c| if c.is_control() { ' ' } else { c })
-            .collect();
+        let one_line: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
         headers.insert(dead_letter::REASON, one_line.as_str());
         headers.insert(dead_letter::SOURCE_STREAM, info.stream);
-        headers.insert(
-            dead_letter::SOURCE_SEQUENCE,
-            info.stream_sequence.to_string().as_str(),
-        );
+        headers.insert(dead_letter::SOURCE_SEQUENCE, info.stream_sequence.to_string().as_str());
         headers.insert(dead_letter::SOURCE_SUBJECT, message.subject.as_str());
         headers.insert(dead_letter::CONSUMER, info.consumer);
         headers.insert(dead_letter::DELIVERIES, info.delivered.to_string().as_str());
-        let dedupe = format!(
-            "{subject}:{}:{}:{}",
-            info.stream, info.stream_sequence, info.delivered
-        );
-        let publish = PublishMessage::build()
-            .payload(payload)
-            .headers(headers)
-            .message_id(dedupe);
-        message
-            .context
-            .send_publish(subject, publish)
-            .await?
-            .await?;
+        let dedupe = format!("{subject}:{}:{}:{}", info.stream, info.stream_sequence, info.delivered);
+        let publish = PublishMessage::build().payload(payload).headers(headers).message_id(dedupe);
+        message.context.send_publish(subject, publish).await?.await?;
         Ok(())
     }
 
@@ -531,16 +510,10 @@ pub async fn pull_batch(
     let mut messages = collect(consumer.fetch().max_messages(size).messages().await?).await;
     if messages.is_empty() {
         // Long poll: answers as soon as one message arrives, or empty after `expires`.
-        let first = consumer
-            .batch()
-            .max_messages(1)
-            .expires(Duration::from_secs(5))
-            .messages()
-            .await?;
+        let first = consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages().await?;
         messages = collect(first).await;
         if !messages.is_empty() && size > 1 {
-            messages
-                .extend(collect(consumer.fetch().max_messages(size - 1).messages().await?).await);
+            messages.extend(collect(consumer.fetch().max_messages(size - 1).messages().await?).await);
         }
     }
     Ok(messages)
@@ -553,8 +526,7 @@ async fn keep_alive<'a, T>(
     ack_wait: Duration,
 ) -> T {
     let mut work = std::pin::pin!(work);
-    let mut ticks =
-        tokio::time::interval_at(tokio::time::Instant::now() + ack_wait / 2, ack_wait / 2);
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + ack_wait / 2, ack_wait / 2);
     loop {
         tokio::select! {
             result = &mut work => return result,
@@ -572,10 +544,9 @@ async fn keep_alive<'a, T>(
 async fn collect(batch: jetstream::consumer::pull::Batch) -> Vec<jetstream::Message> {
     batch
         .take_until(tokio::time::sleep(Duration::from_secs(10)))
-        .filter_map(|item| async move {
-            item.map_err(|err| tracing::debug!(error = %err, "pull status"))
-                .ok()
-        })
+        .filter_map(
+            |item| async move { item.map_err(|err| tracing::debug!(error = %err, "pull status")).ok() },
+        )
         .collect()
         .await
 }
@@ -583,19 +554,8 @@ async fn collect(batch: jetstream::consumer::pull::Batch) -> Vec<jetstream::Mess
 /// Terminates a message with a reason (`+TERM <reason>`, servers >= 2.10.4); async-nats has no
 /// call that carries the reason, so the ack is published by hand to the message's reply subject.
 async fn terminate(message: &jetstream::Message, reason: &str) -> Result<(), async_nats::Error> {
-    let reply = message
-        .reply
-        .clone()
-        .ok_or("message has no reply subject")?;
-    let reason: String = reason
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
-    message
-        .context
-        .client()
-        .publish(reply, format!("+TERM {reason}").into())
-        .await?;
+    let reply = message.reply.clone().ok_or("message has no reply subject")?;
+    let reason: String = reason.chars().filter(|c| !c.is_control()).take(200).collect();
+    message.context.client().publish(reply, format!("+TERM {reason}").into()).await?;
     Ok(())
 }

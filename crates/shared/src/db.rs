@@ -55,18 +55,12 @@ pub async fn connect_and_migrate(
         .await
         .map_err(DbError::Connect)?;
 
-    for (set, migrator) in [
-        ("shared", &SHARED_MIGRATIONS),
-        ("service", service_migrations),
-    ] {
-        in_schema(migrator, schema, set)
-            .run(&pool)
-            .await
-            .map_err(|source| DbError::Migrate {
-                schema: schema.to_owned(),
-                set,
-                source,
-            })?;
+    for (set, migrator) in [("shared", &SHARED_MIGRATIONS), ("service", service_migrations)] {
+        in_schema(migrator, schema, set).run(&pool).await.map_err(|source| DbError::Migrate {
+            schema: schema.to_owned(),
+            set,
+            source,
+        })?;
     }
     Ok(pool)
 }
@@ -83,21 +77,16 @@ async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), Db
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(()); // No database named: the server's default for the user.
     };
-    let mut admin = PgConnection::connect_with(&options.clone().database("postgres"))
+    let mut admin =
+        PgConnection::connect_with(&options.clone().database("postgres")).await.map_err(DbError::Connect)?;
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+        .bind(&name)
+        .fetch_one(&mut admin)
         .await
         .map_err(DbError::Connect)?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut admin)
-            .await
-            .map_err(DbError::Connect)?;
     if !exists {
         let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(sqlx::AssertSqlSafe(sql))
-            .execute(&mut admin)
-            .await
-        {
+        match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
             Ok(_) => tracing::info!(database = %name, "created database"),
             // Another service created it between our check and our CREATE.
             Err(err) if has_code(&err, &["42P04", "23505"]) => {}
@@ -129,9 +118,9 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
         // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 08xxx connection.
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|code: Cow<'_, str>| code.starts_with("08") || code.starts_with("57P")),
+        sqlx::Error::Database(db) => {
+            db.code().is_some_and(|code: Cow<'_, str>| code.starts_with("08") || code.starts_with("57P"))
+        }
         _ => false,
     }
 }
@@ -139,11 +128,7 @@ pub fn is_unavailable(err: &sqlx::Error) -> bool {
 /// Whether Postgres answers a trivial query within a second.
 pub async fn ping(pool: &PgPool) -> bool {
     matches!(
-        tokio::time::timeout(
-            Duration::from_secs(1),
-            sqlx::query("SELECT 1").execute(pool)
-        )
-        .await,
+        tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(pool)).await,
         Ok(Ok(_))
     )
 }

@@ -62,28 +62,13 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn pointer(pointer: impl Into<String>, detail: impl Into<String>) -> Self {
-        Self {
-            pointer: Some(pointer.into()),
-            header: None,
-            parameter: None,
-            detail: detail.into(),
-        }
+        Self { pointer: Some(pointer.into()), header: None, parameter: None, detail: detail.into() }
     }
     pub fn header(name: &str, detail: impl Into<String>) -> Self {
-        Self {
-            pointer: None,
-            header: Some(name.to_owned()),
-            parameter: None,
-            detail: detail.into(),
-        }
+        Self { pointer: None, header: Some(name.to_owned()), parameter: None, detail: detail.into() }
     }
     pub fn parameter(name: &str, detail: impl Into<String>) -> Self {
-        Self {
-            pointer: None,
-            header: None,
-            parameter: Some(name.to_owned()),
-            detail: detail.into(),
-        }
+        Self { pointer: None, header: None, parameter: Some(name.to_owned()), detail: detail.into() }
     }
 }
 
@@ -132,12 +117,7 @@ impl Problem {
         let detail = error.detail.clone();
         Self {
             errors: vec![error],
-            ..Self::new(
-                StatusCode::BAD_REQUEST,
-                "about:blank",
-                "Bad Request",
-                detail,
-            )
+            ..Self::new(StatusCode::BAD_REQUEST, "about:blank", "Bad Request", detail)
         }
     }
 
@@ -146,19 +126,10 @@ impl Problem {
     }
 
     /// 503 with `Retry-After`: try again later (overload, or a dependency that is down).
-    pub fn unavailable(
-        problem_type: &'static str,
-        detail: impl Into<String>,
-        retry_after: Duration,
-    ) -> Self {
+    pub fn unavailable(problem_type: &'static str, detail: impl Into<String>, retry_after: Duration) -> Self {
         Self {
             retry_after: Some(retry_after),
-            ..Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                problem_type,
-                "Service Unavailable",
-                detail,
-            )
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, problem_type, "Service Unavailable", detail)
         }
     }
 
@@ -192,9 +163,7 @@ impl Problem {
     }
 
     pub fn with_extra(mut self, key: &str, value: serde_json::Value) -> Self {
-        self.extra
-            .get_or_insert_with(Default::default)
-            .insert(key.to_owned(), value);
+        self.extra.get_or_insert_with(Default::default).insert(key.to_owned(), value);
         self
     }
 }
@@ -204,15 +173,9 @@ impl IntoResponse for Problem {
         let body = serde_json::to_vec(&self).unwrap_or_default();
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
         if let Some(after) = self.retry_after {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(after.as_secs().max(1)),
-            );
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
         }
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(cause);
@@ -233,19 +196,48 @@ pub async fn log_server_errors(request: Request, next: Next) -> Response {
 }
 
 /// What every service's router has: `GET /healthz`, problem documents for unknown routes and
-/// methods, 5xx causes logged, and a span per request.
-pub fn service_routes<S: Clone + Send + Sync + 'static>(
-    router: axum::Router<S>,
-) -> axum::Router<S> {
+/// methods, 5xx causes logged, and a server span per request that continues the caller's trace.
+pub fn service_routes<S: Clone + Send + Sync + 'static>(router: axum::Router<S>) -> axum::Router<S> {
     router
-        .route(
-            "/healthz",
-            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
-        )
+        .route("/healthz", axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(axum::middleware::from_fn(log_server_errors))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(server_span).on_response(
+            |response: &Response, _latency: Duration, span: &tracing::Span| {
+                span.record("http.response.status_code", response.status().as_u16());
+                if response.status().is_server_error() {
+                    span.record("otel.status_code", "ERROR");
+                }
+            },
+        ))
+}
+
+/// An OpenTelemetry SERVER span for a request (HTTP semantic conventions), whose parent is the
+/// caller's `traceparent` if it sent one: a caller's trace continues into the service.
+fn server_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| request.uri().path().to_owned(), |path| path.as_str().to_owned());
+    let span = tracing::info_span!(
+        "HTTP request",
+        otel.name = format!("{} {route}", request.method()),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = %request.method(),
+        http.route = %route,
+        url.path = request.uri().path(),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let parent = opentelemetry::propagation::TextMapPropagator::extract(
+        crate::propagation::propagator(),
+        &opentelemetry_http::HeaderExtractor(request.headers()),
+    );
+    // Before the span is first entered, or the parent would not take.
+    span.set_parent(parent).ok();
+    span
 }
 
 /// The answer to a route that does not exist.
@@ -285,9 +277,7 @@ where
                 "Send the body as JSON with Content-Type: application/json.",
             ));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(body_rejection)?;
+        let bytes = Bytes::from_request(req, state).await.map_err(body_rejection)?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -304,9 +294,7 @@ where
         if req.headers().get(header::CONTENT_TYPE).is_none() {
             return Ok(None);
         }
-        <Self as FromRequest<S>>::from_request(req, state)
-            .await
-            .map(Some)
+        <Self as FromRequest<S>>::from_request(req, state).await.map(Some)
     }
 }
 
@@ -323,9 +311,7 @@ pub async fn readiness(
         "nats": if nats { "ok" } else { "unreachable" },
     });
     if postgres && nats {
-        Ok(axum::Json(
-            serde_json::json!({"status": "ready", "checks": checks}),
-        ))
+        Ok(axum::Json(serde_json::json!({"status": "ready", "checks": checks})))
     } else {
         Err(Problem::unavailable(
             "/problems/not-ready",
@@ -340,14 +326,8 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
     let Some(value) = content_type.and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let essence = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    essence == "application/json"
-        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 fn body_rejection(rejection: BytesRejection) -> Problem {
@@ -373,8 +353,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         if err.inner().is_data() {
-            let field =
-                FieldError::pointer(json_pointer(err.path()), data_error_message(err.inner()));
+            let field = FieldError::pointer(json_pointer(err.path()), data_error_message(err.inner()));
             Problem::validation(vec![field])
         } else {
             malformed_json(err.inner())
@@ -413,9 +392,7 @@ fn json_pointer(path: &serde_path_to_error::Path) -> String {
 /// " at line 1 column 42" suffix, which means nothing to a client that is told the field.
 fn data_error_message(err: &serde_json::Error) -> String {
     let text = err.to_string();
-    let text = text
-        .rfind(" at line ")
-        .map_or(text.as_str(), |at| &text[..at]);
+    let text = text.rfind(" at line ").map_or(text.as_str(), |at| &text[..at]);
     let mut message = text.to_owned();
     for (rust, json) in [
         ("expected i64", "expected an integer"),
@@ -448,17 +425,11 @@ mod tests {
 
     #[test]
     fn a_wrong_type_is_named_by_a_json_pointer() {
-        let problem = parse_json::<Body>(br#"{"items": [{"quantity": 1}, {"quantity": "two"}]}"#)
-            .unwrap_err();
+        let problem =
+            parse_json::<Body>(br#"{"items": [{"quantity": 1}, {"quantity": "two"}]}"#).unwrap_err();
         assert_eq!(problem.status, StatusCode::UNPROCESSABLE_ENTITY);
-        assert_eq!(
-            problem.errors[0].pointer.as_deref(),
-            Some("#/items/1/quantity")
-        );
-        assert_eq!(
-            problem.errors[0].detail,
-            r#"invalid type: string "two", expected an integer"#
-        );
+        assert_eq!(problem.errors[0].pointer.as_deref(), Some("#/items/1/quantity"));
+        assert_eq!(problem.errors[0].detail, r#"invalid type: string "two", expected an integer"#);
     }
 
     #[test]
@@ -495,10 +466,8 @@ mod tests {
 
     #[test]
     fn a_problem_serialises_as_rfc_9457() {
-        let json = serde_json::to_value(Problem::validation(vec![FieldError::pointer(
-            "#/a", "required",
-        )]))
-        .unwrap();
+        let json =
+            serde_json::to_value(Problem::validation(vec![FieldError::pointer("#/a", "required")])).unwrap();
         assert_eq!(json["status"], 422);
         assert_eq!(json["type"], "/problems/validation-error");
         assert_eq!(json["errors"][0]["pointer"], "#/a");

@@ -8,7 +8,8 @@
 //! - [`outbox`]: the transactional outbox and the relay that publishes it.
 //! - [`consumer`]: the idempotent consumer (at-least-once delivery, exactly-once effects).
 //! - [`http`]: RFC 9457 problem details and a JSON extractor that answers with them.
-//! - [`nats`], [`shutdown`], [`telemetry`]: connecting, stopping gracefully, logging.
+//! - [`telemetry`], [`propagation`]: logs and OpenTelemetry traces; trace context in NATS headers.
+//! - [`nats`], [`shutdown`]: connecting, stopping gracefully.
 
 pub mod config;
 pub mod consumer;
@@ -17,6 +18,7 @@ pub mod http;
 pub mod messages;
 pub mod nats;
 pub mod outbox;
+pub mod propagation;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

@@ -71,10 +71,7 @@ pub fn check_identifier(value: &str) -> Result<(), &'static str> {
         Err("must not be empty")
     } else if value.len() > 64 {
         Err("must be at most 64 characters")
-    } else if !value
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
-    {
+    } else if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         Err("may contain only letters, digits, '.', '_' and '-'")
     } else {
         Ok(())
@@ -221,21 +218,17 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The envelope of a message that has none (it is poison).
+    pub fn unknown() -> Self {
+        Self { id: Uuid::nil(), event_type: String::new(), source: String::new() }
+    }
+
     pub fn from_headers(headers: Option<&HeaderMap>) -> Result<Self, DecodeError> {
         let get = |name: &'static str| {
-            headers
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_owned())
-                .ok_or(DecodeError::Header(name))
+            headers.and_then(|h| h.get(name)).map(|v| v.as_str().to_owned()).ok_or(DecodeError::Header(name))
         };
-        let id = get(headers::ID)?
-            .parse()
-            .map_err(|_| DecodeError::Header(headers::ID))?;
-        Ok(Self {
-            id,
-            event_type: get(headers::TYPE)?,
-            source: get(headers::SOURCE).unwrap_or_default(),
-        })
+        let id = get(headers::ID)?.parse().map_err(|_| DecodeError::Header(headers::ID))?;
+        Ok(Self { id, event_type: get(headers::TYPE)?, source: get(headers::SOURCE).unwrap_or_default() })
     }
 }
 
@@ -254,21 +247,26 @@ pub struct OutgoingMessage {
 
 impl OutgoingMessage {
     /// A new event from `source` (a service name), with a fresh logical ID that doubles as its
-    /// dedupe key.
+    /// dedupe key. The current span's trace context is captured into its headers now, so the
+    /// trace continues through the outbox however late the relay publishes it.
     pub fn event<E: Event>(event: &E, source: &str) -> Self {
         let id = Uuid::now_v7();
         let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
-        let headers = BTreeMap::from([
+        let mut trace_context = HeaderMap::new();
+        crate::propagation::inject_current(&mut trace_context);
+        let mut headers = BTreeMap::from([
             (headers::SPEC_VERSION.to_owned(), "1.0".to_owned()),
             (headers::ID.to_owned(), id.to_string()),
             (headers::TYPE.to_owned(), E::TYPE.to_owned()),
             (headers::SOURCE.to_owned(), format!("/{source}")),
             (headers::TIME.to_owned(), now),
-            (
-                headers::CONTENT_TYPE.to_owned(),
-                "application/json".to_owned(),
-            ),
+            (headers::CONTENT_TYPE.to_owned(), "application/json".to_owned()),
         ]);
+        for (name, values) in trace_context.iter() {
+            if let Some(value) = values.last() {
+                headers.insert(name.to_string(), value.as_str().to_owned());
+            }
+        }
         Self {
             subject: E::SUBJECT.to_owned(),
             message_id: id,
@@ -287,11 +285,17 @@ impl OutgoingMessage {
 
 /// Builds the NATS header map of a message from its stored headers and its dedupe key.
 pub fn nats_headers(stored: &BTreeMap<String, String>, dedupe_id: &str) -> HeaderMap {
+    let mut map = header_map(stored);
+    map.insert(headers::NATS_MSG_ID, dedupe_id);
+    map
+}
+
+/// Stored headers (name → value) as a NATS header map.
+pub fn header_map(stored: &BTreeMap<String, String>) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in stored {
         map.insert(name.as_str(), value.as_str());
     }
-    map.insert(headers::NATS_MSG_ID, dedupe_id);
     map
 }
 
@@ -304,10 +308,7 @@ mod tests {
             version: PAYLOAD_VERSION,
             order_id: Uuid::now_v7(),
             customer_id: "c-42".into(),
-            items: vec![OrderItem {
-                sku: "WIDGET-1".into(),
-                quantity: 2,
-            }],
+            items: vec![OrderItem { sku: "WIDGET-1".into(), quantity: 2 }],
             placed_at: Utc::now(),
         }
     }
@@ -323,10 +324,7 @@ mod tests {
         assert_eq!(envelope.event_type, "orders.placed.v1");
         assert_eq!(envelope.source, "/order-api");
         assert_eq!(headers.get(headers::SPEC_VERSION).unwrap().as_str(), "1.0");
-        assert_eq!(
-            headers.get("Nats-Msg-Id").unwrap().as_str(),
-            message.message_id.to_string()
-        );
+        assert_eq!(headers.get("Nats-Msg-Id").unwrap().as_str(), message.message_id.to_string());
         assert_eq!(decode::<OrderPlaced>(&message.payload).unwrap(), event);
     }
 
@@ -341,18 +339,12 @@ mod tests {
     #[test]
     fn an_unknown_version_is_named_not_misread() {
         let payload = br#"{"version": 2, "order": "shape changed"}"#;
-        assert_eq!(
-            decode::<OrderPlaced>(payload),
-            Err(DecodeError::UnsupportedVersion(2))
-        );
+        assert_eq!(decode::<OrderPlaced>(payload), Err(DecodeError::UnsupportedVersion(2)));
     }
 
     #[test]
     fn garbage_is_malformed() {
-        assert!(matches!(
-            decode::<OrderPlaced>(b"\xff\x00not json"),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(decode::<OrderPlaced>(b"\xff\x00not json"), Err(DecodeError::Malformed(_))));
         assert!(matches!(
             decode::<OrderPlaced>(br#"{"version": 1, "order_id": "not-a-uuid"}"#),
             Err(DecodeError::Malformed(_))
@@ -361,16 +353,10 @@ mod tests {
 
     #[test]
     fn a_message_without_ce_id_has_no_envelope() {
-        assert_eq!(
-            Envelope::from_headers(None),
-            Err(DecodeError::Header(headers::ID))
-        );
+        assert_eq!(Envelope::from_headers(None), Err(DecodeError::Header(headers::ID)));
         let mut h = HeaderMap::new();
         h.insert(headers::ID, "not-a-uuid");
-        assert_eq!(
-            Envelope::from_headers(Some(&h)),
-            Err(DecodeError::Header(headers::ID))
-        );
+        assert_eq!(Envelope::from_headers(Some(&h)), Err(DecodeError::Header(headers::ID)));
     }
 
     #[test]

@@ -31,14 +31,13 @@ use sqlx::{PgConnection, PgPool, types::Json};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::RelaySettings, messages::OutgoingMessage};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+use crate::{config::RelaySettings, messages::OutgoingMessage, propagation, telemetry};
 
 /// Inserts messages into the outbox inside the caller's transaction. One statement for any
 /// number of messages.
-pub async fn enqueue(
-    conn: &mut PgConnection,
-    messages: &[OutgoingMessage],
-) -> Result<(), sqlx::Error> {
+pub async fn enqueue(conn: &mut PgConnection, messages: &[OutgoingMessage]) -> Result<(), sqlx::Error> {
     if messages.is_empty() {
         return Ok(());
     }
@@ -93,9 +92,8 @@ impl OutboxBacklog {
 
     /// Counts unsent rows now.
     pub async fn refresh(&self, pool: &PgPool) -> Result<u64, sqlx::Error> {
-        let count: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
-            .fetch_one(pool)
-            .await?;
+        let count: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(pool).await?;
         let count = u64::try_from(count).unwrap_or(0);
         self.pending.store(count, Ordering::Relaxed);
         Ok(count)
@@ -131,13 +129,7 @@ pub struct OutboxRelay {
 
 impl OutboxRelay {
     pub fn new(pool: PgPool, jetstream: jetstream::Context, settings: RelaySettings) -> Self {
-        Self {
-            pool,
-            jetstream,
-            settings,
-            waker: OutboxWaker::default(),
-            backlog: OutboxBacklog::default(),
-        }
+        Self { pool, jetstream, settings, waker: OutboxWaker::default(), backlog: OutboxBacklog::default() }
     }
 
     /// The handle writers use to wake this relay after they commit.
@@ -211,18 +203,24 @@ impl OutboxRelay {
         let mut pending_acks = Vec::with_capacity(rows.len());
         let mut first_error: Option<jetstream::context::PublishError> = None;
         for row in &rows {
-            let message = PublishMessage::build()
-                .payload(row.payload.clone().into())
-                .headers(crate::messages::nats_headers(&row.headers, &row.dedupe_id));
-            match self
-                .jetstream
-                .send_publish(row.subject.clone(), message)
-                .await
-            {
-                Ok(ack) => pending_acks.push((row.id, ack)),
+            let mut headers = crate::messages::nats_headers(&row.headers, &row.dedupe_id);
+            let message_id = row.headers.get(crate::messages::headers::ID).map_or("", String::as_str);
+            // One PRODUCER span per message, in the message's own trace: its parent is the
+            // context captured when the row was written (the HTTP request, the consumer's
+            // attempt), and its own context goes out with the message, so consumers are its
+            // children.
+            let span = telemetry::publish_span(&row.subject, message_id);
+            span.set_parent(propagation::extract(Some(&headers))).ok();
+            propagation::inject(&span.context(), &mut headers);
+            let message = PublishMessage::build().payload(row.payload.clone().into()).headers(headers);
+            match self.jetstream.send_publish(row.subject.clone(), message).await {
+                Ok(ack) => pending_acks.push((row.id, (ack, span))),
                 // Keep going: one row the server refuses must not hold up the others.
                 Err(err) => {
-                    tracing::warn!(row = row.id, error = %err, "could not publish outbox row");
+                    telemetry::record_error(&span, "publish_failed", &err.to_string());
+                    span.in_scope(
+                        || tracing::warn!(row = row.id, error = %err, "could not publish outbox row"),
+                    );
                     first_error.get_or_insert(err);
                 }
             }
@@ -231,13 +229,14 @@ impl OutboxRelay {
         // row sent. All acks are awaited together: each one's timeout starts when it is first
         // polled, so awaiting them in turn would add up the timeouts of acks lost in a disconnect.
         let (ids, acks): (Vec<i64>, Vec<_>) = pending_acks.into_iter().unzip();
-        let results =
-            futures::future::join_all(acks.into_iter().map(|ack| ack.into_future())).await;
+        let (acks, spans): (Vec<_>, Vec<_>) = acks.into_iter().unzip();
+        let results = futures::future::join_all(acks.into_iter().map(|ack| ack.into_future())).await;
         let mut sent = Vec::with_capacity(ids.len());
-        for (id, result) in ids.into_iter().zip(results) {
+        for ((id, result), span) in ids.into_iter().zip(results).zip(&spans) {
             match result {
                 Ok(_) => sent.push(id),
                 Err(err) => {
+                    telemetry::record_error(span, "publish_failed", &err.to_string());
                     first_error.get_or_insert(err);
                 }
             }
@@ -248,11 +247,7 @@ impl OutboxRelay {
             .await?;
         tx.commit().await?;
 
-        tracing::debug!(
-            sent = sent.len(),
-            claimed = rows.len(),
-            "relayed outbox rows"
-        );
+        tracing::debug!(sent = sent.len(), claimed = rows.len(), "relayed outbox rows");
         match first_error {
             Some(err) => Err(err.into()),
             None => Ok(rows.len()),

@@ -54,10 +54,7 @@ pub struct Tasks {
 
 impl Tasks {
     pub fn new(shutdown: CancellationToken) -> Self {
-        Self {
-            set: JoinSet::new(),
-            shutdown,
-        }
+        Self { set: JoinSet::new(), shutdown }
     }
 
     pub fn spawn<F>(&mut self, name: &'static str, task: F)
@@ -84,9 +81,7 @@ impl Tasks {
     pub fn serve_http(&mut self, listener: tokio::net::TcpListener, router: axum::Router) {
         let stop = self.shutdown.clone();
         self.spawn("http", async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await?;
+            axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await?;
             Ok(())
         });
     }
@@ -96,6 +91,8 @@ impl Tasks {
     pub async fn run_until_stopped(mut self, grace: Duration) -> anyhow::Result<()> {
         let mut first_error = None;
         tokio::select! {
+            // Checked first: tasks end *because* of shutdown, which is not worth a warning.
+            biased;
             _ = self.shutdown.cancelled() => {}
             Some(ended) = self.set.join_next() => {
                 let (name, result) = flatten(ended);
@@ -124,10 +121,7 @@ impl Tasks {
             }
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
-            tracing::warn!(
-                ?grace,
-                "tasks still running after the grace period; abandoning them"
-            );
+            tracing::warn!(?grace, "tasks still running after the grace period; abandoning them");
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -138,9 +132,6 @@ fn flatten(
 ) -> (&'static str, anyhow::Result<()>) {
     match joined {
         Ok(ended) => ended,
-        Err(err) => (
-            "(panicked task)",
-            Err(anyhow::anyhow!("task panicked: {err}")),
-        ),
+        Err(err) => ("(panicked task)", Err(anyhow::anyhow!("task panicked: {err}"))),
     }
 }

@@ -30,8 +30,7 @@ pub const EVENTS_SUBJECTS: &str = "order_events.>";
 pub const UNPROCESSED_STREAM: &str = "orders_unprocessed";
 /// JetStream publishes this when a message of `orders_stream` reached its consumer's
 /// `max_deliver`; the last token is the consumer's name.
-pub const MAX_DELIVERIES_ADVISORIES: &str =
-    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.orders_stream.*";
+pub const MAX_DELIVERIES_ADVISORIES: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.orders_stream.*";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -94,13 +93,8 @@ pub fn events_stream_config(settings: &EventsStreamSettings) -> stream::Config {
 pub fn unprocessed_stream_config(max_age: Duration) -> stream::Config {
     stream::Config {
         name: UNPROCESSED_STREAM.to_owned(),
-        description: Some(
-            "Orders that could not be processed: advisories and poison copies".to_owned(),
-        ),
-        subjects: vec![
-            MAX_DELIVERIES_ADVISORIES.to_owned(),
-            "orders_unprocessed.>".to_owned(),
-        ],
+        description: Some("Orders that could not be processed: advisories and poison copies".to_owned()),
+        subjects: vec![MAX_DELIVERIES_ADVISORIES.to_owned(), "orders_unprocessed.>".to_owned()],
         retention: RetentionPolicy::Limits,
         storage: StorageType::File,
         max_age,
@@ -130,17 +124,11 @@ pub fn durable_consumer_config(settings: &ConsumerSettings, filter_subject: &str
 }
 
 /// Creates or updates the three streams.
-pub async fn ensure_streams(
-    js: &jetstream::Context,
-    nats: &NatsConfig,
-) -> Result<(), TopologyError> {
+pub async fn ensure_streams(js: &jetstream::Context, nats: &NatsConfig) -> Result<(), TopologyError> {
     for (stream, config) in [
         (ORDERS_STREAM, orders_stream_config(&nats.orders_stream)),
         (EVENTS_STREAM, events_stream_config(&nats.events_stream)),
-        (
-            UNPROCESSED_STREAM,
-            unprocessed_stream_config(nats.unprocessed_max_age),
-        ),
+        (UNPROCESSED_STREAM, unprocessed_stream_config(nats.unprocessed_max_age)),
     ] {
         js.create_or_update_stream(config)
             .await

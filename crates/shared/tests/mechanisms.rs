@@ -26,13 +26,9 @@ fn database_config(db: &TestDatabase) -> DatabaseConfig {
 
 /// A schema with only the shared tables, as any service has.
 async fn messaging_schema(db: &TestDatabase) -> PgPool {
-    db::connect_and_migrate(
-        &database_config(db),
-        "relay_test",
-        &Migrator::with_migrations(Vec::new()),
-    )
-    .await
-    .unwrap()
+    db::connect_and_migrate(&database_config(db), "relay_test", &Migrator::with_migrations(Vec::new()))
+        .await
+        .unwrap()
 }
 
 fn order_message() -> OutgoingMessage {
@@ -40,10 +36,7 @@ fn order_message() -> OutgoingMessage {
         version: 1,
         order_id: Uuid::now_v7(),
         customer_id: "c".into(),
-        items: vec![OrderItem {
-            sku: "A".into(),
-            quantity: 1,
-        }],
+        items: vec![OrderItem { sku: "A".into(), quantity: 1 }],
         placed_at: Utc::now(),
     };
     OutgoingMessage::event(&order, "test")
@@ -51,14 +44,7 @@ fn order_message() -> OutgoingMessage {
 
 async fn stream_len(nats: &NatsServer) -> u64 {
     let js = nats.jetstream().await;
-    js.get_stream(topology::ORDERS_STREAM)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap()
-        .state
-        .messages
+    js.get_stream(topology::ORDERS_STREAM).await.unwrap().get_info().await.unwrap().state.messages
 }
 
 #[tokio::test]
@@ -67,43 +53,26 @@ async fn only_committed_outbox_rows_are_published_with_their_headers() {
     let db = TestDatabase::new();
     let pool = messaging_schema(&db).await;
     let js = nats.jetstream().await;
-    topology::ensure_streams(&js, &NatsConfig::from_env(&Env::from_pairs([])).unwrap())
-        .await
-        .unwrap();
+    topology::ensure_streams(&js, &NatsConfig::from_env(&Env::from_pairs([])).unwrap()).await.unwrap();
 
     let committed = order_message();
     let mut tx = pool.begin().await.unwrap();
-    outbox::enqueue(&mut tx, std::slice::from_ref(&committed))
-        .await
-        .unwrap();
+    outbox::enqueue(&mut tx, std::slice::from_ref(&committed)).await.unwrap();
     tx.commit().await.unwrap();
     let mut tx = pool.begin().await.unwrap();
     outbox::enqueue(&mut tx, &[order_message()]).await.unwrap();
     tx.rollback().await.unwrap();
 
-    let relay = OutboxRelay::new(
-        pool.clone(),
-        js.clone(),
-        RelaySettings::from_env(&Env::from_pairs([])).unwrap(),
-    );
+    let relay =
+        OutboxRelay::new(pool.clone(), js.clone(), RelaySettings::from_env(&Env::from_pairs([])).unwrap());
     assert_eq!(relay.relay_batch().await.unwrap(), 1);
-    assert_eq!(
-        relay.relay_batch().await.unwrap(),
-        0,
-        "nothing left to send"
-    );
+    assert_eq!(relay.relay_batch().await.unwrap(), 0, "nothing left to send");
 
     let stream = js.get_stream(topology::ORDERS_STREAM).await.unwrap();
     let stored = stream.get_raw_message(1).await.unwrap();
     assert_eq!(stored.payload.as_ref(), committed.payload.as_slice());
-    assert_eq!(
-        stored.headers.get("ce-id").unwrap().as_str(),
-        committed.message_id.to_string()
-    );
-    assert_eq!(
-        stored.headers.get("Nats-Msg-Id").unwrap().as_str(),
-        committed.dedupe_id
-    );
+    assert_eq!(stored.headers.get("ce-id").unwrap().as_str(), committed.message_id.to_string());
+    assert_eq!(stored.headers.get("Nats-Msg-Id").unwrap().as_str(), committed.dedupe_id);
     assert_eq!(stream_len(&nats).await, 1);
     let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
         .fetch_one(&pool)
@@ -118,9 +87,7 @@ async fn two_relays_sharing_one_outbox_claim_every_row_exactly_once() {
     let db = TestDatabase::new();
     let pool = messaging_schema(&db).await;
     let js = nats.jetstream().await;
-    topology::ensure_streams(&js, &NatsConfig::from_env(&Env::from_pairs([])).unwrap())
-        .await
-        .unwrap();
+    topology::ensure_streams(&js, &NatsConfig::from_env(&Env::from_pairs([])).unwrap()).await.unwrap();
     for _ in 0..10 {
         let batch: Vec<_> = (0..100).map(|_| order_message()).collect();
         let mut tx = pool.begin().await.unwrap();
@@ -128,8 +95,7 @@ async fn two_relays_sharing_one_outbox_claim_every_row_exactly_once() {
         tx.commit().await.unwrap();
     }
 
-    let settings =
-        RelaySettings::from_env(&Env::from_pairs([("OUTBOX_BATCH_SIZE", "50")])).unwrap();
+    let settings = RelaySettings::from_env(&Env::from_pairs([("OUTBOX_BATCH_SIZE", "50")])).unwrap();
     let drain = |relay: OutboxRelay| async move {
         let mut claimed = 0;
         loop {
@@ -155,24 +121,14 @@ async fn the_topology_matches_the_seed_article_and_declaring_it_again_is_harmles
     let nats = NatsServer::start().await;
     let js = nats.jetstream().await;
     let nats_config = NatsConfig::from_env(&Env::from_pairs([])).unwrap();
-    let consumer =
-        ConsumerSettings::from_env(&Env::from_pairs([]), "WORKER", "inventory-worker").unwrap();
+    let consumer = ConsumerSettings::from_env(&Env::from_pairs([]), "WORKER", "inventory-worker").unwrap();
 
     for _ in 0..2 {
         topology::ensure_streams(&js, &nats_config).await.unwrap();
-        topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &consumer)
-            .await
-            .unwrap();
+        topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &consumer).await.unwrap();
     }
 
-    let orders = js
-        .get_stream(topology::ORDERS_STREAM)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap()
-        .config;
+    let orders = js.get_stream(topology::ORDERS_STREAM).await.unwrap().get_info().await.unwrap().config;
     assert_eq!(orders.subjects, ["orders.*"]);
     assert_eq!(orders.retention, RetentionPolicy::WorkQueue);
     assert_eq!(orders.storage, StorageType::File);
@@ -181,14 +137,7 @@ async fn the_topology_matches_the_seed_article_and_declaring_it_again_is_harmles
     assert_eq!(orders.max_message_size, 1 << 20);
     assert_eq!(orders.duplicate_window, Duration::from_secs(120));
 
-    let events = js
-        .get_stream(topology::EVENTS_STREAM)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap()
-        .config;
+    let events = js.get_stream(topology::EVENTS_STREAM).await.unwrap().get_info().await.unwrap().config;
     assert_eq!(events.subjects, ["order_events.>"]);
     assert_eq!(events.retention, RetentionPolicy::Limits);
     assert_eq!(events.max_age, Duration::from_secs(7 * 24 * 3600));
@@ -205,22 +154,12 @@ async fn the_topology_matches_the_seed_article_and_declaring_it_again_is_harmles
 async fn a_changed_limit_is_applied_to_the_existing_stream() {
     let nats = NatsServer::start().await;
     let js = nats.jetstream().await;
-    topology::ensure_streams(&js, &NatsConfig::from_env(&Env::from_pairs([])).unwrap())
-        .await
-        .unwrap();
+    topology::ensure_streams(&js, &NatsConfig::from_env(&Env::from_pairs([])).unwrap()).await.unwrap();
 
-    let bigger =
-        NatsConfig::from_env(&Env::from_pairs([("ORDERS_STREAM_MAX_BYTES", "512MiB")])).unwrap();
+    let bigger = NatsConfig::from_env(&Env::from_pairs([("ORDERS_STREAM_MAX_BYTES", "512MiB")])).unwrap();
     topology::ensure_streams(&js, &bigger).await.unwrap();
 
-    let config = js
-        .get_stream(topology::ORDERS_STREAM)
-        .await
-        .unwrap()
-        .get_info()
-        .await
-        .unwrap()
-        .config;
+    let config = js.get_stream(topology::ORDERS_STREAM).await.unwrap().get_info().await.unwrap().config;
     assert_eq!(config.max_bytes, 512 << 20);
 }
 
@@ -231,8 +170,8 @@ async fn services_starting_together_create_the_database_and_migrate_their_schema
     let empty = Migrator::with_migrations(Vec::new());
 
     // Six starts at once, two per schema, on a database that does not exist yet.
-    let starts = ["a", "b", "c", "a", "b", "c"]
-        .map(|schema| db::connect_and_migrate(&config, schema, &empty));
+    let starts =
+        ["a", "b", "c", "a", "b", "c"].map(|schema| db::connect_and_migrate(&config, schema, &empty));
     let pools = futures::future::join_all(starts).await;
 
     for pool in pools {

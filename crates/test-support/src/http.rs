@@ -12,18 +12,12 @@ pub struct OrderApi {
 
 impl OrderApi {
     pub fn new(base_url: impl Into<String>) -> Self {
-        Self {
-            base_url: base_url.into(),
-            http: reqwest::Client::new(),
-        }
+        Self { base_url: base_url.into(), http: reqwest::Client::new() }
     }
 
     /// `POST /orders` with a JSON body and an optional `Idempotency-Key`.
     pub async fn place(&self, body: &Value, idempotency_key: Option<&str>) -> Response {
-        let mut request = self
-            .http
-            .post(format!("{}/orders", self.base_url))
-            .json(body);
+        let mut request = self.http.post(format!("{}/orders", self.base_url)).json(body);
         if let Some(key) = idempotency_key {
             request = request.header("Idempotency-Key", key);
         }
@@ -37,27 +31,16 @@ impl OrderApi {
         items: &[(&str, u32)],
         idempotency_key: Option<&str>,
     ) -> String {
-        let response = self
-            .place(&order_body(customer, items), idempotency_key)
-            .await;
-        assert_eq!(
-            response.status(),
-            StatusCode::ACCEPTED,
-            "{}",
-            response.text().await.unwrap_or_default()
-        );
+        let response = self.place(&order_body(customer, items), idempotency_key).await;
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{}", response.text().await.unwrap_or_default());
         let body: Value = response.json().await.expect("JSON body");
         body["order_id"].as_str().expect("order_id").to_owned()
     }
 
     /// `GET /orders/{id}` → (status code, body).
     pub async fn get(&self, id: &str) -> (StatusCode, Value) {
-        let response = self
-            .http
-            .get(format!("{}/orders/{id}", self.base_url))
-            .send()
-            .await
-            .expect("GET /orders/{id}");
+        let response =
+            self.http.get(format!("{}/orders/{id}", self.base_url)).send().await.expect("GET /orders/{id}");
         let status = response.status();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -97,19 +80,12 @@ pub struct Stock {
 
 impl InventoryApi {
     pub fn new(base_url: impl Into<String>) -> Self {
-        Self {
-            base_url: base_url.into(),
-            http: reqwest::Client::new(),
-        }
+        Self { base_url: base_url.into(), http: reqwest::Client::new() }
     }
 
     pub async fn get(&self, sku: &str) -> Stock {
-        let response = self
-            .http
-            .get(format!("{}/inventory/{sku}", self.base_url))
-            .send()
-            .await
-            .expect("GET /inventory");
+        let response =
+            self.http.get(format!("{}/inventory/{sku}", self.base_url)).send().await.expect("GET /inventory");
         assert_eq!(response.status(), StatusCode::OK, "GET /inventory/{sku}");
         let body: Value = response.json().await.expect("JSON");
         Stock {
@@ -121,20 +97,12 @@ impl InventoryApi {
     /// Like [`InventoryApi::get`], but `None` while the service cannot answer (e.g. its database
     /// is down).
     pub async fn get_opt(&self, sku: &str) -> Option<Stock> {
-        let response = self
-            .http
-            .get(format!("{}/inventory/{sku}", self.base_url))
-            .send()
-            .await
-            .ok()?;
+        let response = self.http.get(format!("{}/inventory/{sku}", self.base_url)).send().await.ok()?;
         if !response.status().is_success() {
             return None;
         }
         let body: Value = response.json().await.ok()?;
-        Some(Stock {
-            available: body["available"].as_i64()?,
-            reserved: body["reserved"].as_i64()?,
-        })
+        Some(Stock { available: body["available"].as_i64()?, reserved: body["reserved"].as_i64()? })
     }
 
     pub async fn set(&self, sku: &str, available: i64) {
@@ -145,10 +113,6 @@ impl InventoryApi {
             .send()
             .await
             .expect("PUT /inventory");
-        assert!(
-            response.status().is_success(),
-            "PUT /inventory/{sku}: {}",
-            response.status()
-        );
+        assert!(response.status().is_success(), "PUT /inventory/{sku}: {}", response.status());
     }
 }

@@ -9,11 +9,13 @@
 //!   server, for tests that stop Postgres).
 //! - [`process`]: [`ServiceProcess`], a service binary started as a child process.
 //! - [`http`]: small clients for the services' HTTP APIs.
+//! - [`otlp`]: an OTLP/HTTP receiver that keeps the spans services export.
 //! - [`stack`]: [`Stack`](stack::Stack), the whole system as real processes.
 //! - [`wait_until`]: await a condition with a deadline, instead of sleeping.
 
 pub mod http;
 pub mod nats;
+pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod stack;
@@ -30,25 +32,15 @@ pub fn init_logging() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if let Ok(filter) = std::env::var("TEST_LOG") {
-            let filter = if filter == "1" {
-                "info,sqlx=warn".to_owned()
-            } else {
-                filter
-            };
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_test_writer()
-                .init();
+            let filter = if filter == "1" { "info,sqlx=warn".to_owned() } else { filter };
+            tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().init();
         }
     });
 }
 
 /// The repository's root directory.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, and returns that value. Panics with `what`

@@ -26,18 +26,10 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server and waits until JetStream answers.
     pub async fn start() -> Self {
-        let store = tempfile::Builder::new()
-            .prefix("nats-test-")
-            .tempdir()
-            .expect("temp dir");
+        let store = tempfile::Builder::new().prefix("nats-test-").tempdir().expect("temp dir");
         let port = free_port();
         let log = log_dir().join(format!("nats-{port}.log"));
-        let mut server = Self {
-            child: None,
-            port,
-            store,
-            log,
-        };
+        let mut server = Self { child: None, port, store, log };
         server.start_again().await;
         server
     }
@@ -47,9 +39,7 @@ impl NatsServer {
         if let Ok(path) = std::env::var("NATS_SERVER_BIN") {
             return PathBuf::from(path);
         }
-        let path = workspace_root().join(format!(
-            ".tools/nats-server-{NATS_SERVER_VERSION}/bin/nats-server"
-        ));
+        let path = workspace_root().join(format!(".tools/nats-server-{NATS_SERVER_VERSION}/bin/nats-server"));
         assert!(
             path.exists(),
             "nats-server {NATS_SERVER_VERSION} is not installed at {}: run scripts/ensure-tools (scripts/test does)",
@@ -69,20 +59,9 @@ impl NatsServer {
     /// (Re)starts the server on its port and store, and waits until JetStream answers.
     pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let child = Command::new(Self::binary())
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
             .stdout(Stdio::from(log.try_clone().expect("log file")))
             .stderr(Stdio::from(log))
@@ -90,17 +69,10 @@ impl NatsServer {
             .expect("start nats-server");
         self.child = Some(child);
         let url = self.url();
-        wait_until(
-            "nats-server accepts JetStream requests",
-            Duration::from_secs(20),
-            || async {
-                let client = async_nats::connect(&url).await.ok()?;
-                async_nats::jetstream::new(client)
-                    .query_account()
-                    .await
-                    .ok()
-            },
-        )
+        wait_until("nats-server accepts JetStream requests", Duration::from_secs(20), || async {
+            let client = async_nats::connect(&url).await.ok()?;
+            async_nats::jetstream::new(client).query_account().await.ok()
+        })
         .await;
     }
 
@@ -114,9 +86,7 @@ impl NatsServer {
 
     /// A client connected to this server.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
-            .await
-            .expect("connect to the test nats-server")
+        async_nats::connect(self.url()).await.expect("connect to the test nats-server")
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {

@@ -35,10 +35,7 @@ impl TestDatabase {
 
     /// A new, not yet created database on the server at `server_url`.
     pub fn on(server_url: &str) -> Self {
-        Self {
-            name: format!("test_{}", uuid::Uuid::new_v4().simple()),
-            server_url: server_url.to_owned(),
-        }
+        Self { name: format!("test_{}", uuid::Uuid::new_v4().simple()), server_url: server_url.to_owned() }
     }
 
     /// The `DATABASE_URL` to give services.
@@ -73,19 +70,13 @@ impl Drop for TestDatabase {
         let server_url = self.server_url.clone();
         let name = self.name.clone();
         std::thread::spawn(move || {
-            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
                 return;
             };
             runtime.block_on(async {
                 if let Ok(mut conn) = PgConnection::connect(&server_url).await {
                     let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
-                    sqlx::query(sqlx::AssertSqlSafe(sql))
-                        .execute(&mut conn)
-                        .await
-                        .ok();
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut conn).await.ok();
                 }
             });
         })
@@ -127,13 +118,7 @@ impl PostgresServer {
                 "--no-instructions",
             ],
         );
-        let mut server = Self {
-            bin,
-            data,
-            port,
-            log,
-            running: false,
-        };
+        let mut server = Self { bin, data, port, log, running: false };
         server.start_again().await;
         server
     }
@@ -150,24 +135,13 @@ impl PostgresServer {
         run_as_postgres(
             &self.bin,
             "pg_ctl",
-            &[
-                "-D",
-                path_str(&self.data),
-                "-l",
-                path_str(&self.log),
-                "-o",
-                &options,
-                "-w",
-                "start",
-            ],
+            &["-D", path_str(&self.data), "-l", path_str(&self.log), "-o", &options, "-w", "start"],
         );
         self.running = true;
         let url = self.admin_url();
-        wait_until(
-            "the private Postgres accepts connections",
-            Duration::from_secs(30),
-            || async { PgConnection::connect(&url).await.ok() },
-        )
+        wait_until("the private Postgres accepts connections", Duration::from_secs(30), || async {
+            PgConnection::connect(&url).await.ok()
+        })
         .await;
     }
 
@@ -205,17 +179,13 @@ fn pg_bin_dir() -> PathBuf {
         })
         .unwrap_or_default();
     versions.sort();
-    versions
-        .pop()
-        .expect("Postgres server binaries not found: run scripts/ensure-tools (scripts/test does)")
+    versions.pop().expect("Postgres server binaries not found: run scripts/ensure-tools (scripts/test does)")
 }
 
 /// Postgres refuses to run as root; when we are root, run its tools as the `postgres` user.
 fn run_as_postgres(bin: &Path, tool: &str, args: &[&str]) {
     let program = bin.join(tool);
-    let is_root = std::fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false);
+    let is_root = std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
     let mut command = if is_root {
         let mut c = Command::new("runuser");
         c.args(["-u", "postgres", "--"]).arg(&program);
@@ -223,10 +193,7 @@ fn run_as_postgres(bin: &Path, tool: &str, args: &[&str]) {
     } else {
         Command::new(&program)
     };
-    let output = command
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    let output = command.args(args).output().unwrap_or_else(|e| panic!("run {tool}: {e}"));
     assert!(
         output.status.success(),
         "{tool} {args:?} failed: {}{}",

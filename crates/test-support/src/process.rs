@@ -30,23 +30,14 @@ impl ServiceProcess {
         command
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env(
-                "RUST_LOG",
-                std::env::var("TEST_SERVICE_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
-            )
+            .env("RUST_LOG", std::env::var("TEST_SERVICE_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(file.try_clone().expect("log file")))
             .stderr(Stdio::from(file))
             .kill_on_drop(true);
-        let child = command
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
-        Self {
-            name: name.to_owned(),
-            child,
-            log,
-        }
+        let child = command.spawn().unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
+        Self { name: name.to_owned(), child, log }
     }
 
     pub fn pid(&self) -> u32 {
@@ -59,26 +50,19 @@ impl ServiceProcess {
         let http = reqwest::Client::new();
         let name = self.name.clone();
         let log = self.log.clone();
-        wait_until(
-            &format!("{name} is ready (log: {})", log.display()),
-            Duration::from_secs(60),
-            || {
-                let http = http.clone();
-                let url = url.clone();
-                let exited = self.child.try_wait().ok().flatten();
-                let (name, log) = (name.clone(), log.clone());
-                async move {
-                    if let Some(status) = exited {
-                        panic!(
-                            "{name} exited with {status} before becoming ready; log:\n{}",
-                            tail(&log)
-                        );
-                    }
-                    let response = http.get(&url).send().await.ok()?;
-                    response.status().is_success().then_some(())
+        wait_until(&format!("{name} is ready (log: {})", log.display()), Duration::from_secs(60), || {
+            let http = http.clone();
+            let url = url.clone();
+            let exited = self.child.try_wait().ok().flatten();
+            let (name, log) = (name.clone(), log.clone());
+            async move {
+                if let Some(status) = exited {
+                    panic!("{name} exited with {status} before becoming ready; log:\n{}", tail(&log));
                 }
-            },
-        )
+                let response = http.get(&url).send().await.ok()?;
+                response.status().is_success().then_some(())
+            }
+        })
         .await;
     }
 
@@ -88,11 +72,7 @@ impl ServiceProcess {
         tokio::time::timeout(Duration::from_secs(30), self.child.wait())
             .await
             .unwrap_or_else(|_| {
-                panic!(
-                    "{} did not exit within 30 s of SIGTERM; log:\n{}",
-                    self.name,
-                    tail(&self.log)
-                )
+                panic!("{} did not exit within 30 s of SIGTERM; log:\n{}", self.name, tail(&self.log))
             })
             .expect("wait for the process")
     }
@@ -131,10 +111,7 @@ fn tail(path: &PathBuf) -> String {
 pub fn binary_path(name: &str) -> PathBuf {
     // Test executables live in target/<profile>/deps/; binaries one level up.
     let exe = std::env::current_exe().expect("current test executable");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target directory");
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
     let path = dir.join(name);
     assert!(
         path.exists(),

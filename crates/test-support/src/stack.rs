@@ -59,24 +59,13 @@ impl Stack {
         crate::init_logging();
         let nats = NatsServer::start().await;
         let db = TestDatabase::new();
-        let mut env: Vec<(String, String)> = vec![
-            ("NATS_URL".into(), nats.url()),
-            ("DATABASE_URL".into(), db.url()),
-        ];
-        env.extend(
-            QUICK_SETTINGS
-                .iter()
-                .chain(extra_env)
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
-        );
+        let mut env: Vec<(String, String)> =
+            vec![("NATS_URL".into(), nats.url()), ("DATABASE_URL".into(), db.url())];
+        env.extend(QUICK_SETTINGS.iter().chain(extra_env).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
 
         let api_port = free_port();
-        let order_api = spawn(
-            "order-api",
-            "order-api",
-            &env,
-            &[("HTTP_ADDR", format!("127.0.0.1:{api_port}"))],
-        );
+        let order_api =
+            spawn("order-api", "order-api", &env, &[("HTTP_ADDR", format!("127.0.0.1:{api_port}"))]);
         let mut stack = Self {
             nats,
             db,
@@ -104,16 +93,9 @@ impl Stack {
 
     fn spawn_dlq_process(&mut self) {
         let port = free_port();
-        let process = spawn(
-            "dlq-service",
-            "dlq-service",
-            &self.env,
-            &[("HTTP_ADDR", format!("127.0.0.1:{port}"))],
-        );
-        self.dlq = Some(Dlq {
-            process,
-            base_url: format!("http://127.0.0.1:{port}"),
-        });
+        let process =
+            spawn("dlq-service", "dlq-service", &self.env, &[("HTTP_ADDR", format!("127.0.0.1:{port}"))]);
+        self.dlq = Some(Dlq { process, base_url: format!("http://127.0.0.1:{port}") });
     }
 
     async fn wait_dlq_ready(&mut self) {
@@ -129,16 +111,9 @@ impl Stack {
         let url = dlq.base_url.clone();
         drop(dlq);
         let port = url.rsplit(':').next().expect("port").to_owned();
-        let process = spawn(
-            "dlq-service",
-            "dlq-service",
-            &self.env,
-            &[("HTTP_ADDR", format!("127.0.0.1:{port}"))],
-        );
-        self.dlq = Some(Dlq {
-            process,
-            base_url: url,
-        });
+        let process =
+            spawn("dlq-service", "dlq-service", &self.env, &[("HTTP_ADDR", format!("127.0.0.1:{port}"))]);
+        self.dlq = Some(Dlq { process, base_url: url });
         self.wait_dlq_ready().await;
     }
 
@@ -148,10 +123,7 @@ impl Stack {
 
     fn spawn_worker_process_with(&mut self, instance: &str, extra_env: &[(&str, &str)]) -> usize {
         let port = free_port();
-        let mut own = vec![
-            ("HTTP_ADDR", format!("127.0.0.1:{port}")),
-            ("INSTANCE_ID", instance.to_owned()),
-        ];
+        let mut own = vec![("HTTP_ADDR", format!("127.0.0.1:{port}")), ("INSTANCE_ID", instance.to_owned())];
         own.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let process = spawn("inventory-worker", instance, &self.env, &own);
         self.workers.push(Worker {
@@ -195,16 +167,8 @@ impl Stack {
     }
 }
 
-fn spawn(
-    binary: &str,
-    name: &str,
-    common: &[(String, String)],
-    own: &[(&str, String)],
-) -> ServiceProcess {
-    let mut env: Vec<(&str, String)> = common
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.clone()))
-        .collect();
+fn spawn(binary: &str, name: &str, common: &[(String, String)], own: &[(&str, String)]) -> ServiceProcess {
+    let mut env: Vec<(&str, String)> = common.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     env.extend(own.iter().map(|(k, v)| (*k, v.clone())));
     ServiceProcess::spawn(binary, name, &env)
 }

@@ -7,8 +7,7 @@ use uuid::Uuid;
 
 use crate::helpers::*;
 
-const ADVISORY_SUBJECT: &str =
-    "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.orders_stream.inventory-worker";
+const ADVISORY_SUBJECT: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.orders_stream.inventory-worker";
 
 fn advisory(stream_seq: u64) -> String {
     serde_json::json!({
@@ -29,20 +28,13 @@ async fn store_order(dlq: &TestDlq) -> (OutgoingMessage, OrderPlaced, u64) {
         version: 1,
         order_id: Uuid::now_v7(),
         customer_id: "c-1".into(),
-        items: vec![OrderItem {
-            sku: "FAIL-1".into(),
-            quantity: 1,
-        }],
+        items: vec![OrderItem { sku: "FAIL-1".into(), quantity: 1 }],
         placed_at: chrono::Utc::now(),
     };
     let message = OutgoingMessage::event(&order, "order-api");
     let js = dlq.nats.jetstream().await;
     let ack = js
-        .publish_with_headers(
-            "orders.new",
-            message.nats_headers(),
-            message.payload.clone().into(),
-        )
+        .publish_with_headers("orders.new", message.nats_headers(), message.payload.clone().into())
         .await
         .unwrap()
         .await
@@ -52,11 +44,7 @@ async fn store_order(dlq: &TestDlq) -> (OutgoingMessage, OrderPlaced, u64) {
 
 async fn publish(dlq: &TestDlq, subject: &str, headers: HeaderMap, payload: Vec<u8>) {
     let js = dlq.nats.jetstream().await;
-    js.publish_with_headers(subject.to_owned(), headers, payload.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    js.publish_with_headers(subject.to_owned(), headers, payload.into()).await.unwrap().await.unwrap();
 }
 
 #[tokio::test]
@@ -65,13 +53,7 @@ async fn an_exhausted_message_is_recorded_once_even_if_its_advisory_arrives_twic
     let (message, order, sequence) = store_order(&dlq).await;
 
     for _ in 0..2 {
-        publish(
-            &dlq,
-            ADVISORY_SUBJECT,
-            HeaderMap::new(),
-            advisory(sequence).into_bytes(),
-        )
-        .await;
+        publish(&dlq, ADVISORY_SUBJECT, HeaderMap::new(), advisory(sequence).into_bytes()).await;
     }
     dlq.wait_until_captured().await;
 
@@ -94,17 +76,13 @@ async fn an_exhausted_message_is_recorded_once_even_if_its_advisory_arrives_twic
     // The work queue no longer keeps it.
     let js = dlq.nats.jetstream().await;
     let stream = js.get_stream("orders_stream").await.unwrap();
-    assert!(
-        stream.get_raw_message(sequence).await.is_err(),
-        "deleted from orders_stream"
-    );
+    assert!(stream.get_raw_message(sequence).await.is_err(), "deleted from orders_stream");
     // order-api is told, once.
-    let events: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM outbox WHERE subject = 'order_events.dead_lettered'",
-    )
-    .fetch_one(&dlq.pool)
-    .await
-    .unwrap();
+    let events: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE subject = 'order_events.dead_lettered'")
+            .fetch_one(&dlq.pool)
+            .await
+            .unwrap();
     assert_eq!(events, 1);
 }
 
@@ -112,21 +90,12 @@ async fn an_exhausted_message_is_recorded_once_even_if_its_advisory_arrives_twic
 async fn an_advisory_whose_original_is_gone_is_recorded_with_that_reason() {
     let dlq = spawn_dlq().await;
 
-    publish(
-        &dlq,
-        ADVISORY_SUBJECT,
-        HeaderMap::new(),
-        advisory(424242).into_bytes(),
-    )
-    .await;
+    publish(&dlq, ADVISORY_SUBJECT, HeaderMap::new(), advisory(424242).into_bytes()).await;
     dlq.wait_for_rows(1).await;
 
     let (_, page) = dlq.get("/dead-letters").await;
     let row = &page["items"][0];
-    assert_eq!(
-        row["reason"],
-        "original message already gone from the stream"
-    );
+    assert_eq!(row["reason"], "original message already gone from the stream");
     assert_eq!(row["source_sequence"], 424242);
     assert!(row["payload"].is_null() && row["payload_base64"].is_null());
 }
@@ -145,48 +114,20 @@ async fn the_last_error_reaches_the_row_whichever_arrives_first() {
         headers
     };
 
-    publish(
-        &dlq,
-        dead_letter::LAST_ERROR_SUBJECT,
-        note(first),
-        Vec::new(),
-    )
-    .await;
-    publish(
-        &dlq,
-        ADVISORY_SUBJECT,
-        HeaderMap::new(),
-        advisory(first).into_bytes(),
-    )
-    .await;
-    publish(
-        &dlq,
-        ADVISORY_SUBJECT,
-        HeaderMap::new(),
-        advisory(second).into_bytes(),
-    )
-    .await;
-    publish(
-        &dlq,
-        dead_letter::LAST_ERROR_SUBJECT,
-        note(second),
-        Vec::new(),
-    )
-    .await;
+    publish(&dlq, dead_letter::LAST_ERROR_SUBJECT, note(first), Vec::new()).await;
+    publish(&dlq, ADVISORY_SUBJECT, HeaderMap::new(), advisory(first).into_bytes()).await;
+    publish(&dlq, ADVISORY_SUBJECT, HeaderMap::new(), advisory(second).into_bytes()).await;
+    publish(&dlq, dead_letter::LAST_ERROR_SUBJECT, note(second), Vec::new()).await;
     dlq.wait_until_captured().await;
 
-    let errors: Vec<(i64, Option<String>)> = sqlx::query_as(
-        "SELECT source_sequence, last_error FROM dead_letters ORDER BY source_sequence",
-    )
-    .fetch_all(&dlq.pool)
-    .await
-    .unwrap();
+    let errors: Vec<(i64, Option<String>)> =
+        sqlx::query_as("SELECT source_sequence, last_error FROM dead_letters ORDER BY source_sequence")
+            .fetch_all(&dlq.pool)
+            .await
+            .unwrap();
     assert_eq!(
         errors,
-        [
-            (first as i64, Some(format!("boom {first}"))),
-            (second as i64, Some(format!("boom {second}")))
-        ]
+        [(first as i64, Some(format!("boom {first}"))), (second as i64, Some(format!("boom {second}")))]
     );
 }
 
@@ -200,10 +141,7 @@ async fn a_poison_copy_is_recorded_with_its_reason_and_raw_bytes() {
     headers.insert(dead_letter::SOURCE_SUBJECT, "orders.new");
     headers.insert(dead_letter::CONSUMER, "inventory-worker");
     headers.insert(dead_letter::DELIVERIES, "1");
-    headers.insert(
-        dead_letter::REASON,
-        "payload is not valid JSON for this event",
-    );
+    headers.insert(dead_letter::REASON, "payload is not valid JSON for this event");
     let garbage = b"\xff\x00not an order".to_vec();
 
     publish(&dlq, dead_letter::POISON_SUBJECT, headers, garbage.clone()).await;
@@ -211,53 +149,27 @@ async fn a_poison_copy_is_recorded_with_its_reason_and_raw_bytes() {
 
     let (_, page) = dlq.get("/dead-letters").await;
     let row = &page["items"][0];
-    assert_eq!(
-        row["reason"],
-        "unprocessable message: payload is not valid JSON for this event"
-    );
+    assert_eq!(row["reason"], "unprocessable message: payload is not valid JSON for this event");
     assert_eq!(row["source_sequence"], 77);
     assert_eq!(row["subject"], "orders.new");
     assert!(row["payload"].is_null());
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(row["payload_base64"].as_str().unwrap())
-        .unwrap();
+    let bytes =
+        base64::engine::general_purpose::STANDARD.decode(row["payload_base64"].as_str().unwrap()).unwrap();
     assert_eq!(bytes, garbage);
-    assert!(
-        row["headers"].get("Dlq-Reason").is_none(),
-        "routing headers are not the message's"
-    );
+    assert!(row["headers"].get("Dlq-Reason").is_none(), "routing headers are not the message's");
 }
 
 #[tokio::test]
 async fn an_unrecognised_message_is_recorded_not_dropped() {
     let dlq = spawn_dlq().await;
 
-    publish(
-        &dlq,
-        "orders_unprocessed.mystery",
-        HeaderMap::new(),
-        b"?".to_vec(),
-    )
-    .await;
-    publish(
-        &dlq,
-        ADVISORY_SUBJECT,
-        HeaderMap::new(),
-        b"{not an advisory".to_vec(),
-    )
-    .await;
+    publish(&dlq, "orders_unprocessed.mystery", HeaderMap::new(), b"?".to_vec()).await;
+    publish(&dlq, ADVISORY_SUBJECT, HeaderMap::new(), b"{not an advisory".to_vec()).await;
     dlq.wait_for_rows(2).await;
 
-    let reasons: Vec<String> =
-        sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY source_sequence")
-            .fetch_all(&dlq.pool)
-            .await
-            .unwrap();
-    assert_eq!(
-        reasons,
-        [
-            "unrecognised message on orders_unprocessed",
-            "unreadable MAX_DELIVERIES advisory"
-        ]
-    );
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM dead_letters ORDER BY source_sequence")
+        .fetch_all(&dlq.pool)
+        .await
+        .unwrap();
+    assert_eq!(reasons, ["unrecognised message on orders_unprocessed", "unreadable MAX_DELIVERIES advisory"]);
 }

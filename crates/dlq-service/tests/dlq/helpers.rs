@@ -42,55 +42,34 @@ pub async fn spawn_dlq() -> TestDlq {
     let base_url = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let pool = db.pool(dlq_service::SCHEMA).await;
-    TestDlq {
-        base_url,
-        http: reqwest::Client::new(),
-        pool,
-        nats,
-        shutdown,
-        _db: db,
-    }
+    TestDlq { base_url, http: reqwest::Client::new(), pool, nats, shutdown, _db: db }
 }
 
 impl TestDlq {
     pub async fn rows(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&self.pool).await.unwrap()
     }
 
     pub async fn wait_for_rows(&self, n: i64) {
-        wait_until(
-            &format!("{n} dead letters are recorded"),
-            Duration::from_secs(15),
-            || async { (self.rows().await >= n).then_some(()) },
-        )
+        wait_until(&format!("{n} dead letters are recorded"), Duration::from_secs(15), || async {
+            (self.rows().await >= n).then_some(())
+        })
         .await;
     }
 
     /// Waits until the capture consumer has acknowledged everything in `orders_unprocessed`.
     pub async fn wait_until_captured(&self) {
         let js = self.nats.jetstream().await;
-        wait_until(
-            "capture has handled every message",
-            Duration::from_secs(15),
-            || async {
-                let stream = js.get_stream(topology::UNPROCESSED_STREAM).await.ok()?;
-                let info = stream.consumer_info("dlq-service").await.ok()?;
-                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
-            },
-        )
+        wait_until("capture has handled every message", Duration::from_secs(15), || async {
+            let stream = js.get_stream(topology::UNPROCESSED_STREAM).await.ok()?;
+            let info = stream.consumer_info("dlq-service").await.ok()?;
+            (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        })
         .await;
     }
 
     pub async fn get(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.base_url))
-            .send()
-            .await
-            .unwrap();
+        let response = self.http.get(format!("{}{path}", self.base_url)).send().await.unwrap();
         let status = response.status();
         (status, response.json().await.unwrap_or_default())
     }
@@ -112,10 +91,7 @@ impl TestDlq {
     /// Records a dead letter directly, as capture would, and returns its ID.
     pub async fn seed(&self, letter: store::NewDeadLetter) -> Uuid {
         let mut tx = self.pool.begin().await.unwrap();
-        let id = store::record(&mut tx, &letter)
-            .await
-            .unwrap()
-            .expect("a new row");
+        let id = store::record(&mut tx, &letter).await.unwrap().expect("a new row");
         tx.commit().await.unwrap();
         id
     }
@@ -127,10 +103,7 @@ pub fn order_letter(sequence: i64) -> store::NewDeadLetter {
         version: 1,
         order_id: Uuid::now_v7(),
         customer_id: "c-1".into(),
-        items: vec![shared::messages::OrderItem {
-            sku: "WIDGET-1".into(),
-            quantity: 1,
-        }],
+        items: vec![shared::messages::OrderItem { sku: "WIDGET-1".into(), quantity: 1 }],
         placed_at: chrono::Utc::now(),
     };
     let message = shared::messages::OutgoingMessage::event(&order, "order-api");

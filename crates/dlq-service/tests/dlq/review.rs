@@ -20,11 +20,7 @@ async fn dead_letters_are_listed_newest_first_in_stable_pages() {
     let cursor = first["next_cursor"].as_str().unwrap().to_owned();
     // A newer dead letter arriving between pages does not shift the next page.
     dlq.seed(order_letter(6)).await;
-    let (_, second) = dlq
-        .get(&format!(
-            "/dead-letters?status=pending&limit=2&cursor={cursor}"
-        ))
-        .await;
+    let (_, second) = dlq.get(&format!("/dead-letters?status=pending&limit=2&cursor={cursor}")).await;
     let (_, third) = dlq
         .get(&format!(
             "/dead-letters?status=pending&limit=2&cursor={}",
@@ -33,12 +29,7 @@ async fn dead_letters_are_listed_newest_first_in_stable_pages() {
         .await;
 
     let page_ids = |page: &serde_json::Value| -> Vec<String> {
-        page["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["id"].as_str().unwrap().to_owned())
-            .collect()
+        page["items"].as_array().unwrap().iter().map(|i| i["id"].as_str().unwrap().to_owned()).collect()
     };
     assert_eq!(page_ids(&first), ids[0..2]);
     assert_eq!(page_ids(&second), ids[2..4]);
@@ -49,19 +40,14 @@ async fn dead_letters_are_listed_newest_first_in_stable_pages() {
 #[tokio::test]
 async fn bad_list_parameters_and_unknown_ids_are_problems() {
     let dlq = spawn_dlq().await;
-    for (query, parameter) in [
-        ("status=lost", "status"),
-        ("limit=0", "limit"),
-        ("limit=9999", "limit"),
-        ("cursor=x", "cursor"),
-    ] {
+    for (query, parameter) in
+        [("status=lost", "status"), ("limit=0", "limit"), ("limit=9999", "limit"), ("cursor=x", "cursor")]
+    {
         let (status, problem) = dlq.get(&format!("/dead-letters?{query}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
         assert_eq!(problem["errors"][0]["parameter"], parameter);
     }
-    let (status, _) = dlq
-        .get("/dead-letters/0193f1b2-0000-7000-8000-000000000000")
-        .await;
+    let (status, _) = dlq.get("/dead-letters/0193f1b2-0000-7000-8000-000000000000").await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = dlq.get("/dead-letters/nope").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -75,10 +61,7 @@ async fn a_replay_goes_through_the_outbox_with_the_same_logical_id_and_a_fresh_d
     let id = dlq.seed(letter).await;
 
     let (status, row) = dlq
-        .post(
-            &format!("/dead-letters/{id}/replay"),
-            Some(json!({"by": "alice", "reason": "fixed"})),
-        )
+        .post(&format!("/dead-letters/{id}/replay"), Some(json!({"by": "alice", "reason": "fixed"})))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(row["status"], "replayed");
@@ -92,15 +75,8 @@ async fn a_replay_goes_through_the_outbox_with_the_same_logical_id_and_a_fresh_d
     .await
     .unwrap();
     assert_eq!(subject, "orders.new");
-    assert_eq!(
-        logical, message_id,
-        "same logical ID: the worker's idempotency still holds"
-    );
-    assert_ne!(
-        dedupe,
-        message_id.to_string(),
-        "fresh Nats-Msg-Id: the broker will not drop it"
-    );
+    assert_eq!(logical, message_id, "same logical ID: the worker's idempotency still holds");
+    assert_ne!(dedupe, message_id.to_string(), "fresh Nats-Msg-Id: the broker will not drop it");
     assert_eq!(sent, payload, "the original bytes");
 
     let (status, problem) = dlq.post(&format!("/dead-letters/{id}/replay"), None).await;
@@ -117,16 +93,12 @@ async fn concurrent_replays_of_one_dead_letter_publish_it_once() {
     let answers = join_all((0..8).map(|_| dlq.post(&path, None))).await;
 
     let ok = answers.iter().filter(|(s, _)| *s == StatusCode::OK).count();
-    let conflicts = answers
-        .iter()
-        .filter(|(s, _)| *s == StatusCode::CONFLICT)
-        .count();
+    let conflicts = answers.iter().filter(|(s, _)| *s == StatusCode::CONFLICT).count();
     assert_eq!((ok, conflicts), (1, 7));
-    let replays: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE subject = 'orders.new'")
-            .fetch_one(&dlq.pool)
-            .await
-            .unwrap();
+    let replays: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE subject = 'orders.new'")
+        .fetch_one(&dlq.pool)
+        .await
+        .unwrap();
     assert_eq!(replays, 1);
 }
 
@@ -135,9 +107,7 @@ async fn a_discard_needs_a_reason_and_records_it() {
     let dlq = spawn_dlq().await;
     let id = dlq.seed(order_letter(1)).await;
 
-    let (status, problem) = dlq
-        .post(&format!("/dead-letters/{id}/discard"), Some(json!({})))
-        .await;
+    let (status, problem) = dlq.post(&format!("/dead-letters/{id}/discard"), Some(json!({}))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["errors"][0]["pointer"], "#/reason");
 
@@ -152,17 +122,9 @@ async fn a_discard_needs_a_reason_and_records_it() {
     assert_eq!(row["status_reason"], "customer cancelled");
     assert_eq!(row["status_changed_by"], "bob");
 
-    let (status, _) = dlq
-        .post(
-            &format!("/dead-letters/{id}/discard"),
-            Some(json!({"reason": "again"})),
-        )
-        .await;
+    let (status, _) =
+        dlq.post(&format!("/dead-letters/{id}/discard"), Some(json!({"reason": "again"}))).await;
     assert_eq!(status, StatusCode::CONFLICT);
     let (status, _) = dlq.post(&format!("/dead-letters/{id}/replay"), None).await;
-    assert_eq!(
-        status,
-        StatusCode::CONFLICT,
-        "a discarded dead letter is not replayed"
-    );
+    assert_eq!(status, StatusCode::CONFLICT, "a discarded dead letter is not replayed");
 }

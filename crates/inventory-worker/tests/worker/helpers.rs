@@ -26,10 +26,7 @@ impl Drop for TestWorker {
 }
 
 /// Settings tests use: quick retries (3 deliveries, 100 ms then 200 ms apart).
-pub const FAST_RETRIES: [(&str, &str); 2] = [
-    ("WORKER_MAX_DELIVER", "3"),
-    ("WORKER_BACKOFF", "100ms,200ms"),
-];
+pub const FAST_RETRIES: [(&str, &str); 2] = [("WORKER_MAX_DELIVER", "3"), ("WORKER_BACKOFF", "100ms,200ms")];
 
 pub fn env<'a>(nats_url: &'a str, db_url: &'a str, overrides: &[(&'a str, &'a str)]) -> Env {
     let mut env = vec![
@@ -44,24 +41,15 @@ pub fn env<'a>(nats_url: &'a str, db_url: &'a str, overrides: &[(&'a str, &'a st
     Env::from_pairs(env)
 }
 
-pub async fn spawn_worker(
-    nats: &NatsServer,
-    db: &TestDatabase,
-    overrides: &[(&str, &str)],
-) -> TestWorker {
+pub async fn spawn_worker(nats: &NatsServer, db: &TestDatabase, overrides: &[(&str, &str)]) -> TestWorker {
     test_support::init_logging();
     let (nats_url, db_url) = (nats.url(), db.url());
     let config = Config::from_env(&env(&nats_url, &db_url, overrides)).expect("test configuration");
     let shutdown = CancellationToken::new();
-    let app = Application::build(config, &shutdown)
-        .await
-        .expect("build inventory-worker");
+    let app = Application::build(config, &shutdown).await.expect("build inventory-worker");
     let inventory = InventoryApi::new(format!("http://{}", app.local_addr()));
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    TestWorker {
-        inventory,
-        shutdown,
-    }
+    TestWorker { inventory, shutdown }
 }
 
 pub fn order(items: &[(&str, u32)]) -> OrderPlaced {
@@ -71,10 +59,7 @@ pub fn order(items: &[(&str, u32)]) -> OrderPlaced {
         customer_id: "c-test".into(),
         items: items
             .iter()
-            .map(|(sku, quantity)| OrderItem {
-                sku: (*sku).into(),
-                quantity: *quantity,
-            })
+            .map(|(sku, quantity)| OrderItem { sku: (*sku).into(), quantity: *quantity })
             .collect(),
         placed_at: Utc::now(),
     }
@@ -82,16 +67,12 @@ pub fn order(items: &[(&str, u32)]) -> OrderPlaced {
 
 /// Publishes a message to JetStream as the outbox relay would, and returns its stream sequence.
 pub async fn publish(js: &jetstream::Context, message: &OutgoingMessage) -> u64 {
-    js.publish_with_headers(
-        message.subject.clone(),
-        message.nats_headers(),
-        message.payload.clone().into(),
-    )
-    .await
-    .expect("publish")
-    .await
-    .expect("PubAck")
-    .sequence
+    js.publish_with_headers(message.subject.clone(), message.nats_headers(), message.payload.clone().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("PubAck")
+        .sequence
 }
 
 pub async fn publish_order(js: &jetstream::Context, order: &OrderPlaced) -> OutgoingMessage {
@@ -103,10 +84,7 @@ pub async fn publish_order(js: &jetstream::Context, order: &OrderPlaced) -> Outg
 /// The shared consumer's state as JetStream reports it: (pending, ack pending, redelivered).
 pub async fn consumer_state(js: &jetstream::Context) -> (u64, usize, usize) {
     let stream = js.get_stream("orders_stream").await.expect("orders_stream");
-    let info = stream
-        .consumer_info("inventory-worker")
-        .await
-        .expect("consumer info");
+    let info = stream.consumer_info("inventory-worker").await.expect("consumer info");
     (info.num_pending, info.num_ack_pending, info.num_redelivered)
 }
 

@@ -8,9 +8,7 @@ use inventory_worker::{
 };
 use shared::{
     consumer::{Disposition, IdempotentConsumer},
-    messages::{
-        OrderRejected, OrderReserved, OutgoingMessage, dead_letter, decode, subjects::ORDERS_NEW,
-    },
+    messages::{OrderRejected, OrderReserved, OutgoingMessage, dead_letter, decode, subjects::ORDERS_NEW},
     topology::{self, ORDERS_STREAM},
 };
 use test_support::{NatsServer, TestDatabase, wait_until};
@@ -24,30 +22,16 @@ async fn an_order_reserves_its_stock_and_announces_it_with_a_reserved_event() {
     let db = TestDatabase::new();
     let worker = spawn_worker(&nats, &db, &[]).await;
     let js = nats.jetstream().await;
-    let mut events = nats
-        .client()
-        .await
-        .subscribe("order_events.>")
-        .await
-        .unwrap();
+    let mut events = nats.client().await.subscribe("order_events.>").await.unwrap();
 
     let order = order(&[("WIDGET-1", 2), ("GADGET-1", 1)]);
     publish_order(&js, &order).await;
 
-    let event = tokio::time::timeout(EVENT_TIMEOUT, events.next())
-        .await
-        .expect("an outcome event")
-        .unwrap();
+    let event = tokio::time::timeout(EVENT_TIMEOUT, events.next()).await.expect("an outcome event").unwrap();
     assert_eq!(event.subject.as_str(), "order_events.reserved");
     let headers = event.headers.as_ref().unwrap();
-    assert_eq!(
-        headers.get("ce-type").unwrap().as_str(),
-        "order_events.reserved.v1"
-    );
-    assert_eq!(
-        headers.get("ce-source").unwrap().as_str(),
-        "/inventory-worker"
-    );
+    assert_eq!(headers.get("ce-type").unwrap().as_str(), "order_events.reserved.v1");
+    assert_eq!(headers.get("ce-source").unwrap().as_str(), "/inventory-worker");
     let reserved: OrderReserved = decode(&event.payload).unwrap();
     assert_eq!(reserved.order_id, order.order_id);
 
@@ -77,30 +61,15 @@ async fn the_same_logical_id_stored_twice_by_the_broker_reserves_once() {
 
     wait_until("both copies are acknowledged", EVENT_TIMEOUT, || async {
         let (pending, ack_pending, _) = consumer_state(&js).await;
-        let stream_len = js
-            .get_stream(ORDERS_STREAM)
-            .await
-            .ok()?
-            .get_info()
-            .await
-            .ok()?
-            .state
-            .messages;
+        let stream_len = js.get_stream(ORDERS_STREAM).await.ok()?.get_info().await.ok()?.state.messages;
         (pending == 0 && ack_pending == 0 && stream_len == 0).then_some(())
     })
     .await;
     let widgets = worker.inventory.get("WIDGET-1").await;
-    assert_eq!(
-        (widgets.available, widgets.reserved),
-        (995, 5),
-        "reserved once"
-    );
+    assert_eq!((widgets.available, widgets.reserved), (995, 5), "reserved once");
     let pool = db.pool(inventory_worker::SCHEMA).await;
     assert_eq!(processed_count(&pool, first.message_id).await, 1);
-    let outcomes: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let outcomes: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
     assert_eq!(outcomes, 1, "one outcome event");
 }
 
@@ -123,10 +92,7 @@ async fn a_resend_inside_the_duplicate_window_is_dropped_by_the_broker() {
         }
     };
     assert!(!publish_ack(message.clone()).await.duplicate);
-    assert!(
-        publish_ack(message).await.duplicate,
-        "same Nats-Msg-Id inside the window"
-    );
+    assert!(publish_ack(message).await.duplicate, "same Nats-Msg-Id inside the window");
 }
 
 #[tokio::test]
@@ -135,35 +101,22 @@ async fn short_stock_rejects_the_whole_order_with_a_reason_and_is_not_retried() 
     let db = TestDatabase::new();
     let worker = spawn_worker(&nats, &db, &[]).await;
     let js = nats.jetstream().await;
-    let mut events = nats
-        .client()
-        .await
-        .subscribe("order_events.>")
-        .await
-        .unwrap();
+    let mut events = nats.client().await.subscribe("order_events.>").await.unwrap();
 
     let order = order(&[("WIDGET-1", 1), ("SCARCE-1", 11)]);
     publish_order(&js, &order).await;
 
-    let event = tokio::time::timeout(EVENT_TIMEOUT, events.next())
-        .await
-        .expect("an outcome event")
-        .unwrap();
+    let event = tokio::time::timeout(EVENT_TIMEOUT, events.next()).await.expect("an outcome event").unwrap();
     assert_eq!(event.subject.as_str(), "order_events.rejected");
     let rejected: OrderRejected = decode(&event.payload).unwrap();
     assert_eq!(rejected.order_id, order.order_id);
-    assert_eq!(
-        rejected.reason,
-        "insufficient stock for SCARCE-1: 11 requested, 10 available"
-    );
+    assert_eq!(rejected.reason, "insufficient stock for SCARCE-1: 11 requested, 10 available");
     // All or nothing: the widget in stock was not taken either.
     assert_eq!(worker.inventory.get("WIDGET-1").await.reserved, 0);
     assert_eq!(worker.inventory.get("SCARCE-1").await.available, 10);
-    wait_until(
-        "the rejection is acknowledged, not redelivered",
-        EVENT_TIMEOUT,
-        || async { (consumer_state(&js).await == (0, 0, 0)).then_some(()) },
-    )
+    wait_until("the rejection is acknowledged, not redelivered", EVENT_TIMEOUT, || async {
+        (consumer_state(&js).await == (0, 0, 0)).then_some(())
+    })
     .await;
 }
 
@@ -173,19 +126,11 @@ async fn an_unknown_sku_is_rejected() {
     let db = TestDatabase::new();
     let _worker = spawn_worker(&nats, &db, &[]).await;
     let js = nats.jetstream().await;
-    let mut events = nats
-        .client()
-        .await
-        .subscribe("order_events.rejected")
-        .await
-        .unwrap();
+    let mut events = nats.client().await.subscribe("order_events.rejected").await.unwrap();
 
     publish_order(&js, &order(&[("NO-SUCH-SKU", 1)])).await;
 
-    let event = tokio::time::timeout(EVENT_TIMEOUT, events.next())
-        .await
-        .expect("a rejection")
-        .unwrap();
+    let event = tokio::time::timeout(EVENT_TIMEOUT, events.next()).await.expect("a rejection").unwrap();
     let rejected: OrderRejected = decode(&event.payload).unwrap();
     assert_eq!(rejected.reason, "unknown SKU NO-SUCH-SKU");
 }
@@ -198,19 +143,11 @@ async fn a_flaky_order_fails_its_first_delivery_and_is_reserved_on_the_second() 
     let (nats_url, db_url) = (nats.url(), db.url());
     let config = Config::from_env(&env(&nats_url, &db_url, &[])).unwrap();
     let js = nats.jetstream().await;
-    let pool = inventory_worker::connect_database(&config.database)
-        .await
-        .unwrap();
+    let pool = inventory_worker::connect_database(&config.database).await.unwrap();
     topology::ensure_streams(&js, &config.nats).await.unwrap();
-    let pull = topology::ensure_consumer(&js, ORDERS_STREAM, ORDERS_NEW, &config.consumer)
-        .await
-        .unwrap();
-    let consumer = IdempotentConsumer::new(
-        pull.clone(),
-        pool,
-        Reservations::default(),
-        config.consumer.clone(),
-    );
+    let pull = topology::ensure_consumer(&js, ORDERS_STREAM, ORDERS_NEW, &config.consumer).await.unwrap();
+    let consumer =
+        IdempotentConsumer::new(pull.clone(), pool, Reservations::default(), config.consumer.clone());
 
     publish_order(&js, &order(&[("FLAKY-1", 3)])).await;
     let next_batch = || async {
@@ -219,26 +156,16 @@ async fn a_flaky_order_fails_its_first_delivery_and_is_reserved_on_the_second() 
         (!messages.is_empty()).then_some(messages)
     };
 
-    let first = consumer
-        .process(wait_until("the first delivery", EVENT_TIMEOUT, next_batch).await)
-        .await
-        .unwrap();
+    let first =
+        consumer.process(wait_until("the first delivery", EVENT_TIMEOUT, next_batch).await).await.unwrap();
     assert!(
         matches!(&first[0].disposition, Disposition::Retry { reason, .. } if reason.contains("FLAKY-1")),
         "{first:?}"
     );
 
-    let second = consumer
-        .process(wait_until("the redelivery", EVENT_TIMEOUT, next_batch).await)
-        .await
-        .unwrap();
-    assert!(
-        matches!(
-            second[0].disposition,
-            Disposition::Applied(Decision::Reserved)
-        ),
-        "{second:?}"
-    );
+    let second =
+        consumer.process(wait_until("the redelivery", EVENT_TIMEOUT, next_batch).await).await.unwrap();
+    assert!(matches!(second[0].disposition, Disposition::Applied(Decision::Reserved)), "{second:?}");
 }
 
 #[tokio::test]
@@ -252,10 +179,7 @@ async fn a_failing_order_exhausts_its_deliveries_and_stays_in_the_stream() {
         .subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.orders_stream.inventory-worker")
         .await
         .unwrap();
-    let mut last_errors = client
-        .subscribe(dead_letter::LAST_ERROR_SUBJECT)
-        .await
-        .unwrap();
+    let mut last_errors = client.subscribe(dead_letter::LAST_ERROR_SUBJECT).await.unwrap();
 
     let message = OutgoingMessage::event(&order(&[("FAIL-1", 1)]), "test");
     let sequence = publish(&js, &message).await;
@@ -268,61 +192,36 @@ async fn a_failing_order_exhausts_its_deliveries_and_stays_in_the_stream() {
     assert_eq!(advisory["stream_seq"], sequence);
     assert_eq!(advisory["deliveries"], 3);
     // The last attempt's error was published for the dead-letter record.
-    let note = tokio::time::timeout(EVENT_TIMEOUT, last_errors.next())
-        .await
-        .expect("a last-error note")
-        .unwrap();
+    let note =
+        tokio::time::timeout(EVENT_TIMEOUT, last_errors.next()).await.expect("a last-error note").unwrap();
     let note_headers = note.headers.unwrap();
-    assert_eq!(
-        note_headers
-            .get(dead_letter::SOURCE_SEQUENCE)
-            .unwrap()
-            .as_str(),
-        sequence.to_string()
-    );
+    assert_eq!(note_headers.get(dead_letter::SOURCE_SEQUENCE).unwrap().as_str(), sequence.to_string());
     assert_eq!(
         note_headers.get(dead_letter::REASON).unwrap().as_str(),
         "injected failure: FAIL-1 fails every delivery"
     );
 
     let stream = js.get_stream(ORDERS_STREAM).await.unwrap();
-    let kept = stream
-        .get_raw_message(sequence)
-        .await
-        .expect("the message is still in the stream");
-    assert_eq!(
-        kept.headers.get("ce-id").unwrap().as_str(),
-        message.message_id.to_string()
-    );
+    let kept = stream.get_raw_message(sequence).await.expect("the message is still in the stream");
+    assert_eq!(kept.headers.get("ce-id").unwrap().as_str(), message.message_id.to_string());
     assert_eq!(worker.inventory.get("FAIL-1").await.reserved, 0);
 }
 
 #[tokio::test]
-async fn a_poison_message_is_copied_to_the_dead_letter_stream_then_terminated_and_the_worker_keeps_serving()
- {
+async fn a_poison_message_is_copied_to_the_dead_letter_stream_then_terminated_and_the_worker_keeps_serving() {
     let nats = NatsServer::start().await;
     let db = TestDatabase::new();
     let worker = spawn_worker(&nats, &db, &[]).await;
     let js = nats.jetstream().await;
-    let mut copies = nats
-        .client()
-        .await
-        .subscribe(dead_letter::POISON_SUBJECT)
-        .await
-        .unwrap();
+    let mut copies = nats.client().await.subscribe(dead_letter::POISON_SUBJECT).await.unwrap();
 
     let mut headers = async_nats::HeaderMap::new();
     let poison_id = Uuid::now_v7();
     headers.insert("ce-id", poison_id.to_string().as_str());
     headers.insert("ce-type", "orders.placed.v1");
     let garbage = "\u{1}definitely not an order";
-    let poison = js
-        .publish_with_headers(ORDERS_NEW, headers, garbage.into())
-        .await
-        .unwrap()
-        .await
-        .unwrap()
-        .sequence;
+    let poison =
+        js.publish_with_headers(ORDERS_NEW, headers, garbage.into()).await.unwrap().await.unwrap().sequence;
     let unknown_version = OutgoingMessage {
         payload: br#"{"version": 9, "order_id": "x"}"#.to_vec(),
         ..OutgoingMessage::event(&order(&[("WIDGET-1", 1)]), "test")
@@ -336,19 +235,8 @@ async fn a_poison_message_is_copied_to_the_dead_letter_stream_then_terminated_an
     .await;
     let mut copied = Vec::new();
     while copied.len() < 2 {
-        let copy = tokio::time::timeout(EVENT_TIMEOUT, copies.next())
-            .await
-            .expect("a poison copy")
-            .unwrap();
-        let header = |name: &str| {
-            copy.headers
-                .as_ref()
-                .unwrap()
-                .get(name)
-                .unwrap()
-                .as_str()
-                .to_owned()
-        };
+        let copy = tokio::time::timeout(EVENT_TIMEOUT, copies.next()).await.expect("a poison copy").unwrap();
+        let header = |name: &str| copy.headers.as_ref().unwrap().get(name).unwrap().as_str().to_owned();
         let sequence: u64 = header(dead_letter::SOURCE_SEQUENCE).parse().unwrap();
         assert_eq!(header(dead_letter::SOURCE_STREAM), "orders_stream");
         assert_eq!(header(dead_letter::SOURCE_SUBJECT), "orders.new");
@@ -371,15 +259,11 @@ async fn a_poison_message_is_copied_to_the_dead_letter_stream_then_terminated_an
 
     // Terminated once copied: a work queue deletes what is terminated, and nothing is retried.
     let stream = js.get_stream(ORDERS_STREAM).await.unwrap();
-    wait_until(
-        "the poison messages are gone from orders_stream",
-        EVENT_TIMEOUT,
-        || async {
-            let gone = stream.get_raw_message(poison).await.is_err()
-                && stream.get_raw_message(future).await.is_err();
-            gone.then_some(())
-        },
-    )
+    wait_until("the poison messages are gone from orders_stream", EVENT_TIMEOUT, || async {
+        let gone =
+            stream.get_raw_message(poison).await.is_err() && stream.get_raw_message(future).await.is_err();
+        gone.then_some(())
+    })
     .await;
     assert_eq!(consumer_state(&js).await, (0, 0, 0));
 }

@@ -31,27 +31,14 @@ async fn bad_stock_requests_are_problems() {
 
     let missing = http.get(url("NOPE")).send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
-    assert_eq!(
-        missing.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(missing.headers()["content-type"], "application/problem+json");
 
-    let negative = http
-        .put(url("A"))
-        .json(&json!({"available": -1}))
-        .send()
-        .await
-        .unwrap();
+    let negative = http.put(url("A")).json(&json!({"available": -1})).send().await.unwrap();
     assert_eq!(negative.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let problem: Value = negative.json().await.unwrap();
     assert_eq!(problem["errors"][0]["pointer"], "#/available");
 
-    let bad_sku = http
-        .put(url("bad%20sku"))
-        .json(&json!({"available": 1}))
-        .send()
-        .await
-        .unwrap();
+    let bad_sku = http.put(url("bad%20sku")).json(&json!({"available": 1})).send().await.unwrap();
     assert_eq!(bad_sku.status(), StatusCode::BAD_REQUEST);
     let problem: Value = bad_sku.json().await.unwrap();
     assert_eq!(problem["errors"][0]["parameter"], "sku");

@@ -43,27 +43,16 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let config = Config::from_env(&Env::from_pairs(env)).expect("test configuration");
 
     let shutdown = CancellationToken::new();
-    let app = Application::build(config, &shutdown)
-        .await
-        .expect("build order-api");
+    let app = Application::build(config, &shutdown).await.expect("build order-api");
     let api = OrderApi::new(format!("http://{}", app.local_addr()));
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let pool = db.pool(order_api::SCHEMA).await;
-    TestApp {
-        api,
-        nats,
-        pool,
-        shutdown,
-        _db: db,
-    }
+    TestApp { api, nats, pool, shutdown, _db: db }
 }
 
 impl TestApp {
     pub async fn outbox_rows(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM outbox")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&self.pool).await.unwrap()
     }
 
     pub async fn unsent_outbox_rows(&self) -> i64 {
@@ -74,10 +63,7 @@ impl TestApp {
     }
 
     pub async fn orders_count(&self) -> i64 {
-        sqlx::query_scalar("SELECT count(*) FROM orders")
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar("SELECT count(*) FROM orders").fetch_one(&self.pool).await.unwrap()
     }
 
     /// How many messages `orders_stream` holds.

@@ -14,10 +14,7 @@ use crate::helpers::spawn_app;
 async fn an_accepted_order_answers_202_with_its_location_and_pending_status() {
     let app = spawn_app().await;
 
-    let response = app
-        .api
-        .place(&order_body("c-42", &[("WIDGET-1", 2)]), None)
-        .await;
+    let response = app.api.place(&order_body("c-42", &[("WIDGET-1", 2)]), None).await;
 
     assert_eq!(response.status(), StatusCode::ACCEPTED);
     let location = response.headers()["location"].to_str().unwrap().to_owned();
@@ -41,20 +38,12 @@ async fn an_order_is_published_to_orders_new_as_a_cloudevent_with_the_dedupe_id_
 
     let js = app.nats.jetstream().await;
     let stream = js.get_stream("orders_stream").await.unwrap();
-    let message = wait_until(
-        "the order is in orders_stream",
-        Duration::from_secs(10),
-        || async { stream.direct_get_last_for_subject("orders.new").await.ok() },
-    )
+    let message = wait_until("the order is in orders_stream", Duration::from_secs(10), || async {
+        stream.direct_get_last_for_subject("orders.new").await.ok()
+    })
     .await;
 
-    let header = |name: &str| {
-        message
-            .headers
-            .get(name)
-            .map(|v| v.as_str().to_owned())
-            .unwrap_or_default()
-    };
+    let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned()).unwrap_or_default();
     assert_eq!(header("ce-specversion"), "1.0");
     assert_eq!(header("ce-type"), "orders.placed.v1");
     assert_eq!(header("ce-source"), "/order-api");
@@ -66,11 +55,9 @@ async fn an_order_is_published_to_orders_new_as_a_cloudevent_with_the_dedupe_id_
     assert_eq!(placed.items[0].sku, "WIDGET-1");
 
     // Once acknowledged by JetStream, the outbox row is marked sent.
-    wait_until(
-        "the outbox row is marked sent",
-        Duration::from_secs(10),
-        || async { (app.unsent_outbox_rows().await == 0).then_some(()) },
-    )
+    wait_until("the outbox row is marked sent", Duration::from_secs(10), || async {
+        (app.unsent_outbox_rows().await == 0).then_some(())
+    })
     .await;
 }
 
@@ -84,13 +71,7 @@ async fn the_same_idempotency_key_and_body_return_the_same_order_and_publish_onc
     let first: Value = first.json().await.unwrap();
 
     // Same order, items listed in another order: still the same request.
-    let again = app
-        .api
-        .place(
-            &order_body("c-42", &[("GADGET-1", 1), ("WIDGET-1", 2)]),
-            Some("key-1"),
-        )
-        .await;
+    let again = app.api.place(&order_body("c-42", &[("GADGET-1", 1), ("WIDGET-1", 2)]), Some("key-1")).await;
     assert_eq!(again.status(), StatusCode::ACCEPTED);
     assert_eq!(again.headers()["idempotent-replayed"], "true");
     let again: Value = again.json().await.unwrap();
@@ -103,20 +84,12 @@ async fn the_same_idempotency_key_and_body_return_the_same_order_and_publish_onc
 #[tokio::test]
 async fn the_same_idempotency_key_with_another_body_is_422() {
     let app = spawn_app().await;
-    app.api
-        .place_ok("c-42", &[("WIDGET-1", 2)], Some("key-2"))
-        .await;
+    app.api.place_ok("c-42", &[("WIDGET-1", 2)], Some("key-2")).await;
 
-    let response = app
-        .api
-        .place(&order_body("c-42", &[("WIDGET-1", 3)]), Some("key-2"))
-        .await;
+    let response = app.api.place(&order_body("c-42", &[("WIDGET-1", 3)]), Some("key-2")).await;
 
     assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        response.headers()["content-type"],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["type"], "/problems/idempotency-key-reused");
     assert_eq!(problem["errors"][0]["header"], "Idempotency-Key");
@@ -172,32 +145,18 @@ async fn health_and_readiness_report_their_dependencies() {
 
     let health = http.get(url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::OK);
-    let ready: Value = http
-        .get(url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready: Value = http.get(url("/readyz")).send().await.unwrap().json().await.unwrap();
     assert_eq!(ready["checks"], json!({"postgres": "ok", "nats": "ok"}));
 
     app.nats.stop();
-    let problem = wait_until(
-        "readyz reports NATS down",
-        Duration::from_secs(10),
-        || async {
-            let response = http.get(url("/readyz")).send().await.ok()?;
-            (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(response)
-        },
-    )
+    let problem = wait_until("readyz reports NATS down", Duration::from_secs(10), || async {
+        let response = http.get(url("/readyz")).send().await.ok()?;
+        (response.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(response)
+    })
     .await;
     let problem: Value = problem.json().await.unwrap();
     assert_eq!(problem["checks"]["nats"], "unreachable");
     assert_eq!(problem["checks"]["postgres"], "ok");
     // Alive all the same.
-    assert_eq!(
-        http.get(url("/healthz")).send().await.unwrap().status(),
-        StatusCode::OK
-    );
+    assert_eq!(http.get(url("/healthz")).send().await.unwrap().status(), StatusCode::OK);
 }

@@ -12,34 +12,24 @@ use crate::helpers::{spawn_app, spawn_app_with};
 async fn orders_accepted_while_nats_is_down_are_published_when_it_is_back() {
     let mut app = spawn_app().await;
     app.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
-    wait_until(
-        "the first order is published",
-        Duration::from_secs(10),
-        || async { (app.orders_stream_len().await == 1).then_some(()) },
-    )
+    wait_until("the first order is published", Duration::from_secs(10), || async {
+        (app.orders_stream_len().await == 1).then_some(())
+    })
     .await;
 
     app.nats.stop();
     for i in 0..10 {
         // Still 202: the order is safe in Postgres.
-        app.api
-            .place_ok(&format!("c-{i}"), &[("WIDGET-1", 1)], None)
-            .await;
+        app.api.place_ok(&format!("c-{i}"), &[("WIDGET-1", 1)], None).await;
     }
     assert_eq!(app.unsent_outbox_rows().await, 10);
 
     app.nats.start_again().await;
-    wait_until(
-        "every order is published",
-        Duration::from_secs(60),
-        || async { (app.unsent_outbox_rows().await == 0).then_some(()) },
-    )
+    wait_until("every order is published", Duration::from_secs(60), || async {
+        (app.unsent_outbox_rows().await == 0).then_some(())
+    })
     .await;
-    assert_eq!(
-        app.orders_stream_len().await,
-        11,
-        "each order exactly once in the stream"
-    );
+    assert_eq!(app.orders_stream_len().await, 11, "each order exactly once in the stream");
 }
 
 #[tokio::test]
@@ -53,9 +43,7 @@ async fn a_backlog_past_its_bound_is_answered_503_with_retry_after_and_nothing_a
         let api = app.api.clone();
         let n = accepted;
         async move {
-            let response = api
-                .place(&order_body(&format!("c-{n}"), &[("WIDGET-1", 1)]), None)
-                .await;
+            let response = api.place(&order_body(&format!("c-{n}"), &[("WIDGET-1", 1)]), None).await;
             match response.status() {
                 StatusCode::ACCEPTED => None,
                 _ => Some(response),
@@ -65,36 +53,20 @@ async fn a_backlog_past_its_bound_is_answered_503_with_retry_after_and_nothing_a
     .await;
     accepted = app.orders_count().await;
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(
-        refused.headers()["retry-after"]
-            .to_str()
-            .unwrap()
-            .parse::<u64>()
-            .unwrap()
-            >= 1
-    );
+    assert!(refused.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
     let problem: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(problem["type"], "/problems/overloaded");
     assert!(accepted >= 5, "{accepted} accepted before the bound");
 
     app.nats.start_again().await;
-    wait_until(
-        "the backlog drains and orders are accepted again",
-        Duration::from_secs(60),
-        || async {
-            let response = app
-                .api
-                .place(&order_body("c-after", &[("WIDGET-1", 1)]), Some("after"))
-                .await;
-            (response.status() == StatusCode::ACCEPTED).then_some(())
-        },
-    )
+    wait_until("the backlog drains and orders are accepted again", Duration::from_secs(60), || async {
+        let response = app.api.place(&order_body("c-after", &[("WIDGET-1", 1)]), Some("after")).await;
+        (response.status() == StatusCode::ACCEPTED).then_some(())
+    })
     .await;
-    wait_until(
-        "every accepted order is published",
-        Duration::from_secs(30),
-        || async { (app.unsent_outbox_rows().await == 0).then_some(()) },
-    )
+    wait_until("every accepted order is published", Duration::from_secs(30), || async {
+        (app.unsent_outbox_rows().await == 0).then_some(())
+    })
     .await;
     assert_eq!(app.orders_stream_len().await as i64, accepted + 1);
 }

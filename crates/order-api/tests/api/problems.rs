@@ -11,49 +11,28 @@ async fn post_raw(
     content_type: Option<&str>,
     body: Vec<u8>,
 ) -> (StatusCode, Value) {
-    let mut request = app
-        .api
-        .http()
-        .post(format!("{}/orders", app.api.base_url))
-        .body(body);
+    let mut request = app.api.http().post(format!("{}/orders", app.api.base_url)).body(body);
     if let Some(ct) = content_type {
         request = request.header(header::CONTENT_TYPE, ct);
     }
     let response = request.send().await.unwrap();
     let status = response.status();
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "application/problem+json",
-        "for {status}"
-    );
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json", "for {status}");
     let problem: Value = response.json().await.unwrap();
     assert_eq!(problem["status"], status.as_u16());
-    assert!(
-        problem["title"].is_string()
-            && problem["type"].is_string()
-            && problem["detail"].is_string()
-    );
+    assert!(problem["title"].is_string() && problem["type"].is_string() && problem["detail"].is_string());
     (status, problem)
 }
 
 fn pointers(problem: &Value) -> Vec<&str> {
-    problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|e| e["pointer"].as_str())
-        .collect()
+    problem["errors"].as_array().unwrap().iter().filter_map(|e| e["pointer"].as_str()).collect()
 }
 
 #[tokio::test]
 async fn malformed_json_is_400() {
     let app = spawn_app().await;
-    let (status, problem) = post_raw(
-        &app,
-        Some("application/json"),
-        br#"{"customer_id": "c-1", "#.to_vec(),
-    )
-    .await;
+    let (status, problem) =
+        post_raw(&app, Some("application/json"), br#"{"customer_id": "c-1", "#.to_vec()).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(problem["type"], "/problems/malformed-json");
 }
@@ -62,12 +41,7 @@ async fn malformed_json_is_400() {
 async fn a_wrong_type_is_422_naming_the_field() {
     let app = spawn_app().await;
     let body = json!({"customer_id": "c-1", "items": [{"sku": "A", "quantity": "two"}]});
-    let (status, problem) = post_raw(
-        &app,
-        Some("application/json"),
-        body.to_string().into_bytes(),
-    )
-    .await;
+    let (status, problem) = post_raw(&app, Some("application/json"), body.to_string().into_bytes()).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(pointers(&problem), ["#/items/0/quantity"]);
 }
@@ -76,17 +50,9 @@ async fn a_wrong_type_is_422_naming_the_field() {
 async fn missing_and_invalid_fields_are_422_naming_each_field() {
     let app = spawn_app().await;
     let body = json!({"items": [{"sku": "A", "quantity": 0}, {"sku": "A", "quantity": 1}]});
-    let (status, problem) = post_raw(
-        &app,
-        Some("application/json"),
-        body.to_string().into_bytes(),
-    )
-    .await;
+    let (status, problem) = post_raw(&app, Some("application/json"), body.to_string().into_bytes()).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(
-        pointers(&problem),
-        ["#/customer_id", "#/items/0/quantity", "#/items/1/sku"]
-    );
+    assert_eq!(pointers(&problem), ["#/customer_id", "#/items/0/quantity", "#/items/1/sku"]);
 }
 
 #[tokio::test]
@@ -94,12 +60,7 @@ async fn a_body_over_64_kib_is_413() {
     let app = spawn_app().await;
     let padding = "x".repeat(70 * 1024);
     let body = json!({"customer_id": "c-1", "items": [], "padding": padding});
-    let (status, _) = post_raw(
-        &app,
-        Some("application/json"),
-        body.to_string().into_bytes(),
-    )
-    .await;
+    let (status, _) = post_raw(&app, Some("application/json"), body.to_string().into_bytes()).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
 }
 
@@ -134,43 +95,32 @@ async fn a_bad_idempotency_key_is_400_naming_the_header() {
 async fn unknown_routes_and_methods_answer_in_the_same_format() {
     let app = spawn_app().await;
     let http = app.api.http();
-    let response = http
-        .get(format!("{}/nowhere", app.api.base_url))
-        .send()
-        .await
-        .unwrap();
+    let response = http.get(format!("{}/nowhere", app.api.base_url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "application/problem+json"
-    );
-    let response = http
-        .delete(format!("{}/orders", app.api.base_url))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+    let response = http.delete(format!("{}/orders", app.api.base_url)).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
-    assert_eq!(
-        response.headers()[header::CONTENT_TYPE],
-        "application/problem+json"
-    );
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
 }
 
 #[tokio::test]
 async fn garbage_never_causes_a_500() {
     let app = spawn_app().await;
     let bodies: Vec<&[u8]> = vec![
-        b"", b"null", b"[]", b"\"text\"", b"42", b"{\"customer_id\": null, \"items\": null}",
-        b"{\"customer_id\": {}, \"items\": {}}", b"{\"items\": [null]}", b"\xff\xfe\x00",
+        b"",
+        b"null",
+        b"[]",
+        b"\"text\"",
+        b"42",
+        b"{\"customer_id\": null, \"items\": null}",
+        b"{\"customer_id\": {}, \"items\": {}}",
+        b"{\"items\": [null]}",
+        b"\xff\xfe\x00",
         b"{\"customer_id\": \"c\", \"items\": [{\"sku\": \"A\", \"quantity\": 1e309}]}",
         b"{\"customer_id\": \"c\", \"items\": [{\"sku\": \"A\", \"quantity\": 99999999999999999999}]}",
     ];
     for body in bodies {
         let (status, _) = post_raw(&app, Some("application/json"), body.to_vec()).await;
-        assert!(
-            status.is_client_error(),
-            "{status} for {:?}",
-            String::from_utf8_lossy(body)
-        );
+        assert!(status.is_client_error(), "{status} for {:?}", String::from_utf8_lossy(body));
     }
 }

@@ -11,38 +11,25 @@ use crate::helpers::{TestApp, spawn_app};
 
 async fn publish(app: &TestApp, message: &OutgoingMessage) {
     let js = app.nats.jetstream().await;
-    js.publish_with_headers(
-        message.subject.clone(),
-        message.nats_headers(),
-        message.payload.clone().into(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
+    js.publish_with_headers(message.subject.clone(), message.nats_headers(), message.payload.clone().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 }
 
 fn reserved(order_id: Uuid) -> OutgoingMessage {
     OutgoingMessage::event(
-        &OrderReserved {
-            version: 1,
-            order_id,
-            items: vec![],
-            reserved_at: Utc::now(),
-        },
+        &OrderReserved { version: 1, order_id, items: vec![], reserved_at: Utc::now() },
         "test",
     )
 }
 
 async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> serde_json::Value {
-    wait_until(
-        &format!("order {id} is {status}"),
-        Duration::from_secs(15),
-        || async {
-            let (_, body) = app.api.get(id).await;
-            (body["status"] == status).then_some(body)
-        },
-    )
+    wait_until(&format!("order {id} is {status}"), Duration::from_secs(15), || async {
+        let (_, body) = app.api.get(id).await;
+        (body["status"] == status).then_some(body)
+    })
     .await
 }
 
@@ -100,12 +87,11 @@ async fn an_event_with_an_already_processed_id_changes_nothing() {
 
     let (_, body) = app.api.get(&id).await;
     assert_eq!(body["status"], "dead_lettered", "the duplicate was ignored");
-    let recorded: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM processed_messages WHERE message_id = $1")
-            .bind(first.message_id)
-            .fetch_one(&app.pool)
-            .await
-            .unwrap();
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_messages WHERE message_id = $1")
+        .bind(first.message_id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(recorded, 1);
 }
 
@@ -114,13 +100,11 @@ async fn a_dead_lettered_order_can_still_become_reserved_but_a_final_status_neve
     let app = spawn_app().await;
     let replayed = app.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
     let done = app.api.place_ok("c-2", &[("WIDGET-1", 1)], None).await;
-    sqlx::query(
-        "UPDATE orders SET status = 'dead_lettered', reason = 'failed' WHERE id = $1::uuid",
-    )
-    .bind(&replayed)
-    .execute(&app.pool)
-    .await
-    .unwrap();
+    sqlx::query("UPDATE orders SET status = 'dead_lettered', reason = 'failed' WHERE id = $1::uuid")
+        .bind(&replayed)
+        .execute(&app.pool)
+        .await
+        .unwrap();
     publish(&app, &reserved(done.parse().unwrap())).await;
     wait_for_status(&app, &done, "reserved").await;
 
