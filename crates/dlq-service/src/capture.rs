@@ -123,6 +123,7 @@ impl Capture {
             deliveries: i32::try_from(advisory.deliveries).ok(),
             failed_at: advisory.timestamp,
             reason: format!("delivery limit reached: {} attempts failed", advisory.deliveries),
+            kind: "exhausted",
             ..Default::default()
         };
         match &original {
@@ -134,7 +135,10 @@ impl Capture {
                 letter.payload = Some(original.payload.to_vec());
                 letter.first_seen_at = Some(original.time);
             }
-            None => letter.reason = "original message already gone from the stream".to_owned(),
+            None => {
+                letter.reason = "original message already gone from the stream".to_owned();
+                letter.kind = "gone";
+            }
         }
         letter.trace_id = original.as_ref().and_then(|o| propagation::trace_id(Some(&o.headers)));
         let span = capture_span(original.as_ref().map(|o| &o.headers), link);
@@ -156,6 +160,7 @@ impl Capture {
         let mut original_headers = header_map(&headers);
         original_headers.retain(|name, _| !name.starts_with("Dlq-"));
         let letter = NewDeadLetter {
+            kind: "poison",
             source_stream: get(dead_letter::SOURCE_STREAM).unwrap_or_else(|| UNPROCESSED_STREAM.to_owned()),
             source_sequence: get(dead_letter::SOURCE_SEQUENCE)
                 .and_then(|s| s.parse().ok())
@@ -201,6 +206,7 @@ impl Capture {
     ) -> Result<Captured, CaptureError> {
         let info = message.info().map_err(|e| CaptureError::Nats(e.to_string().into()))?;
         let letter = NewDeadLetter {
+            kind: "unrecognised",
             source_stream: UNPROCESSED_STREAM.to_owned(),
             source_sequence: i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
             subject: Some(message.subject.to_string()),
@@ -220,6 +226,7 @@ impl Capture {
         Ok(match inserted {
             Some(id) => {
                 self.outbox.wake();
+                metrics::counter!("dead_letters.captured", "kind" => letter.kind).increment(1);
                 tracing::warn!(
                     dead_letter = %id,
                     stream = %letter.source_stream,

@@ -15,6 +15,9 @@ pub struct Config {
     /// `DLQ_*`: the durable consumer of `orders_unprocessed`. Capture must not give up on a
     /// dead letter because Postgres was down for a while, so it retries many times.
     pub capture: ConsumerSettings,
+    /// `LAG_POLL_INTERVAL`: how often the capture consumer's lag and the number of dead
+    /// letters waiting for review are refreshed for /metrics.
+    pub lag_poll_interval: Duration,
 }
 
 impl Config {
@@ -32,6 +35,7 @@ impl Config {
             nats: NatsConfig::from_env(env)?,
             relay: RelaySettings::from_env(env)?,
             capture,
+            lag_poll_interval: env.duration("LAG_POLL_INTERVAL", Duration::from_secs(2))?,
         })
     }
 }

@@ -26,6 +26,7 @@ use anyhow::Context;
 use shared::{
     config::DatabaseConfig,
     db,
+    metrics::LagMonitor,
     outbox::{OutboxRelay, OutboxWaker},
     shutdown::Tasks,
     topology::{self, UNPROCESSED_STREAM},
@@ -59,6 +60,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     relay: OutboxRelay,
+    lag_monitor: LagMonitor,
     capture: capture::Capture,
     consumer: async_nats::jetstream::consumer::PullConsumer,
     config: Config,
@@ -72,13 +74,20 @@ impl Application {
             .context("stopped before NATS was reachable")?;
         topology::ensure_streams(&jetstream, &config.nats).await?;
         let consumer = topology::ensure_consumer(&jetstream, UNPROCESSED_STREAM, "", &config.capture).await?;
+        shared::metrics::install();
+        let lag_monitor = LagMonitor::new(
+            jetstream.clone(),
+            UNPROCESSED_STREAM,
+            &config.capture.name,
+            config.lag_poll_interval,
+        );
         let relay = OutboxRelay::new(pool.clone(), jetstream.clone(), config.relay.clone());
         let capture = capture::Capture { pool: pool.clone(), jetstream, outbox: relay.waker() };
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
         let state = AppState { pool, nats: client, outbox: relay.waker() };
-        Ok(Self { listener, state, relay, capture, consumer, config })
+        Ok(Self { listener, state, relay, lag_monitor, capture, consumer, config })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -92,6 +101,9 @@ impl Application {
         tasks.spawn_with_shutdown("outbox relay", |stop| self.relay.run(stop));
         let batch_size = self.config.capture.batch_size;
         tasks.spawn_with_shutdown("capture", |stop| self.capture.run(self.consumer, batch_size, stop));
+        tasks.spawn_with_shutdown("lag monitor", |stop| self.lag_monitor.run(stop));
+        let (pool, every) = (self.state.pool.clone(), self.config.lag_poll_interval);
+        tasks.spawn_with_shutdown("review backlog", move |stop| store::watch_pending(pool, every, stop));
         let result = tasks.run_until_stopped(Duration::from_secs(15)).await;
         self.state.nats.flush().await.ok();
         result

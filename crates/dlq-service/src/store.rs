@@ -54,6 +54,9 @@ impl std::str::FromStr for Status {
 /// A message to record, as capture found it.
 #[derive(Debug, Clone, Default)]
 pub struct NewDeadLetter {
+    /// For metrics: `exhausted` (its deliveries ran out), `gone` (and the original had
+    /// vanished), `poison` (unreadable) or `unrecognised`.
+    pub kind: &'static str,
     pub source_stream: String,
     pub source_sequence: i64,
     pub subject: Option<String>,
@@ -175,6 +178,24 @@ pub async fn record(tx: &mut PgConnection, letter: &NewDeadLetter) -> Result<Opt
     Ok(inserted)
 }
 
+/// Keeps the `dead_letters.pending` gauge (rows waiting for review) current until `shutdown`.
+pub async fn watch_pending(
+    pool: PgPool,
+    every: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    while !shutdown.is_cancelled() {
+        let pending: Result<i64, _> =
+            sqlx::query_scalar("SELECT count(*) FROM dead_letters WHERE status = 'pending'")
+                .fetch_one(&pool)
+                .await;
+        if let Ok(pending) = pending {
+            metrics::gauge!("dead_letters.pending").set(pending as f64);
+        }
+        shared::shutdown::sleep_or_cancel(every, &shutdown).await;
+    }
+}
+
 /// Keeps a consumer's last error for a message, and adds it to its dead letter if that is
 /// already recorded.
 pub async fn note_last_error(
@@ -289,6 +310,7 @@ async fn replay_in(
     outbox::enqueue(&mut tx, &[message]).await?;
     let letter = set_status(&mut tx, id, Status::Replayed, review).await?;
     tx.commit().await?;
+    metrics::counter!("dead_letters.replayed").increment(1);
     Ok(letter)
 }
 
@@ -298,6 +320,7 @@ pub async fn discard(pool: &PgPool, id: Uuid, review: &Review) -> Result<DeadLet
     lock_pending(&mut tx, id).await?;
     let letter = set_status(&mut tx, id, Status::Discarded, review).await?;
     tx.commit().await?;
+    metrics::counter!("dead_letters.discarded").increment(1);
     Ok(letter)
 }
 

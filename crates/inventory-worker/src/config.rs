@@ -1,6 +1,6 @@
 //! inventory-worker's configuration: environment variables with local defaults.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use shared::config::{ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings};
 
@@ -17,6 +17,8 @@ pub struct Config {
     /// `INVENTORY_FAILURE_RATE` (0.0–1.0): share of deliveries failed at random, to watch
     /// redelivery happen.
     pub failure_rate: f64,
+    /// `LAG_POLL_INTERVAL`: how often the consumer's lag is read from JetStream for /metrics.
+    pub lag_poll_interval: Duration,
 }
 
 impl Config {
@@ -28,6 +30,7 @@ impl Config {
             relay: RelaySettings::from_env(env)?,
             consumer: ConsumerSettings::from_env(env, "WORKER", "inventory-worker")?,
             failure_rate: env.fraction("INVENTORY_FAILURE_RATE", 0.0)?,
+            lag_poll_interval: env.duration("LAG_POLL_INTERVAL", Duration::from_secs(2))?,
         })
     }
 }

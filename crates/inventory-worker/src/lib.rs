@@ -26,6 +26,7 @@ use shared::{
     consumer::IdempotentConsumer,
     db,
     messages::subjects::ORDERS_NEW,
+    metrics::LagMonitor,
     outbox::OutboxRelay,
     shutdown::Tasks,
     topology::{self, ORDERS_STREAM},
@@ -54,6 +55,7 @@ pub struct Application {
     state: AppState,
     relay: OutboxRelay,
     consumer: IdempotentConsumer<reservation::Reservations>,
+    lag_monitor: LagMonitor,
 }
 
 /// Connects to Postgres and brings the `inventory` schema up to date.
@@ -71,6 +73,13 @@ impl Application {
         let consumer =
             topology::ensure_consumer(&jetstream, ORDERS_STREAM, ORDERS_NEW, &config.consumer).await?;
 
+        shared::metrics::install();
+        let lag_monitor = LagMonitor::new(
+            jetstream.clone(),
+            ORDERS_STREAM,
+            &config.consumer.name,
+            config.lag_poll_interval,
+        );
         let relay = OutboxRelay::new(pool.clone(), jetstream, config.relay.clone());
         let handler = reservation::Reservations {
             failures: failure::FailureInjection { random_rate: config.failure_rate },
@@ -80,7 +89,7 @@ impl Application {
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
-        Ok(Self { listener, state: AppState { pool, nats: client }, relay, consumer })
+        Ok(Self { listener, state: AppState { pool, nats: client }, relay, consumer, lag_monitor })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -95,6 +104,7 @@ impl Application {
         tasks.serve_http(self.listener, stock::router(self.state.clone()));
         tasks.spawn_with_shutdown("outbox relay", |stop| self.relay.run(stop));
         tasks.spawn_with_shutdown("orders consumer", |stop| self.consumer.run(stop));
+        tasks.spawn_with_shutdown("lag monitor", |stop| self.lag_monitor.run(stop));
         let result = tasks.run_until_stopped(Duration::from_secs(25)).await;
         // The acks of the last batch may still sit in the client's buffer.
         self.state.nats.flush().await.ok();

@@ -68,6 +68,13 @@ impl Handler for Reservations {
     type Message = OrderPlaced;
     type Outcome = Decision;
 
+    fn outcome_label(decision: &Decision) -> &'static str {
+        match decision {
+            Decision::Reserved => "reserved",
+            Decision::Rejected(_) => "rejected",
+        }
+    }
+
     fn prepare(&self, delivery: &Delivery) -> Verdict<OrderPlaced> {
         let order: OrderPlaced = match messages::decode(&delivery.message.payload) {
             Ok(order) => order,

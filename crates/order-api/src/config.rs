@@ -1,6 +1,6 @@
 //! order-api's configuration: environment variables with local defaults.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use shared::config::{ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings};
 
@@ -17,6 +17,13 @@ pub struct Config {
     /// `OUTBOX_MAX_BACKLOG`: above this many unsent orders, `POST /orders` answers 503 with
     /// `Retry-After` instead of letting the backlog grow without bound.
     pub max_outbox_backlog: u64,
+    /// `MAX_CONSUMER_LAG`: above this many orders waiting for the workers (JetStream's
+    /// `num_pending` + `num_ack_pending` of their consumer), `POST /orders` answers 503 too.
+    pub max_consumer_lag: u64,
+    /// `WORKER_CONSUMER`: the workers' consumer, whose lag is watched.
+    pub worker_consumer: String,
+    /// `LAG_POLL_INTERVAL`: how often consumer lag is read from JetStream.
+    pub lag_poll_interval: Duration,
 }
 
 impl Config {
@@ -28,6 +35,9 @@ impl Config {
             relay: RelaySettings::from_env(env)?,
             projection: ConsumerSettings::from_env(env, "PROJECTION", "order-api-projection")?,
             max_outbox_backlog: env.number("OUTBOX_MAX_BACKLOG", 10_000, 1..=10_000_000)?,
+            max_consumer_lag: env.number("MAX_CONSUMER_LAG", 10_000, 1..=10_000_000)?,
+            worker_consumer: env.string("WORKER_CONSUMER", "inventory-worker"),
+            lag_poll_interval: env.duration("LAG_POLL_INTERVAL", Duration::from_secs(2))?,
         })
     }
 }

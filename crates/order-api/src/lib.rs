@@ -26,9 +26,10 @@ use anyhow::Context;
 use shared::{
     consumer::IdempotentConsumer,
     db,
+    metrics::{ConsumerLag, LagMonitor},
     outbox::{OutboxBacklog, OutboxRelay, OutboxWaker},
     shutdown::Tasks,
-    topology::{self, EVENTS_STREAM, EVENTS_SUBJECTS},
+    topology::{self, EVENTS_STREAM, EVENTS_SUBJECTS, ORDERS_STREAM},
 };
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -49,6 +50,9 @@ pub struct AppState {
     pub outbox: OutboxWaker,
     pub outbox_backlog: OutboxBacklog,
     pub max_outbox_backlog: u64,
+    /// The workers' lag, as JetStream last reported it.
+    pub consumer_lag: ConsumerLag,
+    pub max_consumer_lag: u64,
 }
 
 /// A built order-api: connected, migrated, topology declared, listener bound.
@@ -58,6 +62,7 @@ pub struct Application {
     state: AppState,
     relay: OutboxRelay,
     projection: IdempotentConsumer<projection::StatusProjection>,
+    lag_monitor: LagMonitor,
 }
 
 impl Application {
@@ -72,6 +77,13 @@ impl Application {
         let consumer =
             topology::ensure_consumer(&jetstream, EVENTS_STREAM, EVENTS_SUBJECTS, &config.projection).await?;
 
+        shared::metrics::install();
+        let lag_monitor = LagMonitor::new(
+            jetstream.clone(),
+            ORDERS_STREAM,
+            &config.worker_consumer,
+            config.lag_poll_interval,
+        );
         let relay = OutboxRelay::new(pool.clone(), jetstream, config.relay.clone());
         let projection = IdempotentConsumer::new(
             consumer,
@@ -88,8 +100,10 @@ impl Application {
             outbox: relay.waker(),
             outbox_backlog: relay.backlog(),
             max_outbox_backlog: config.max_outbox_backlog,
+            consumer_lag: lag_monitor.lag(),
+            max_consumer_lag: config.max_consumer_lag,
         };
-        Ok(Self { listener, state, relay, projection })
+        Ok(Self { listener, state, relay, projection, lag_monitor })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -103,6 +117,7 @@ impl Application {
         tasks.serve_http(self.listener, routes::router(self.state.clone()));
         tasks.spawn_with_shutdown("outbox relay", |stop| self.relay.run(stop));
         tasks.spawn_with_shutdown("status projection", |stop| self.projection.run(stop));
+        tasks.spawn_with_shutdown("lag monitor", |stop| self.lag_monitor.run(stop));
         let result = tasks.run_until_stopped(Duration::from_secs(15)).await;
         // Acks and publishes still buffered in the client go out before the process exits.
         self.state.nats.flush().await.ok();

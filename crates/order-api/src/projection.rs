@@ -32,6 +32,13 @@ impl Handler for StatusProjection {
     type Message = OrderEvent;
     type Outcome = StatusChange;
 
+    fn outcome_label(change: &StatusChange) -> &'static str {
+        match change {
+            StatusChange::Updated(_) => "updated",
+            StatusChange::Unchanged => "unchanged",
+        }
+    }
+
     fn prepare(&self, delivery: &Delivery) -> Verdict<OrderEvent> {
         match OrderEvent::decode(&delivery.envelope.event_type, &delivery.message.payload) {
             Ok(event) => Verdict::Process(event),

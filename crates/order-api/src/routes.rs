@@ -11,7 +11,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use shared::http::{FieldError, JsonBody, Problem};
+use shared::http::{FieldError, JsonBody, Problem, ProblemType};
 use uuid::Uuid;
 
 use crate::{
@@ -27,7 +27,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/orders", post(place_order))
+        .route("/orders", post(place_order).layer(middleware::from_fn(count_orders)))
         .route("/orders/{id}", get(get_order))
         .route("/readyz", get(readyz))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -50,11 +50,21 @@ async fn place_order(
     let order = request.validate().map_err(Problem::validation)?;
 
     // Backpressure: a bounded queue refuses work it cannot keep up with, instead of growing.
+    // Two queues are watched: the outbox (NATS unreachable or slow) and the workers' consumer
+    // (workers down or slower than the orders coming in).
     let backlog = app.outbox_backlog.pending();
     if backlog >= app.max_outbox_backlog {
         return Err(Problem::unavailable(
             "/problems/overloaded",
             format!("{backlog} orders are waiting to be published; retry later."),
+            Duration::from_secs(5),
+        ));
+    }
+    let lag = app.consumer_lag.get();
+    if lag >= app.max_consumer_lag {
+        return Err(Problem::unavailable(
+            "/problems/overloaded",
+            format!("{lag} orders are waiting for the workers; retry later."),
             Duration::from_secs(5),
         ));
     }
@@ -105,6 +115,24 @@ async fn get_order(State(app): State<AppState>, Path(id): Path<String>) -> Resul
 /// `GET /readyz`: Postgres and NATS are both reachable.
 async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {
     shared::http::readiness(&app.pool, &app.nats).await
+}
+
+/// `orders.accepted` and `orders.refused` (by the problem's type), for every `POST /orders`,
+/// including those refused before the handler ran (malformed JSON, wrong content type, …).
+async fn count_orders(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if response.status() == StatusCode::ACCEPTED {
+        metrics::counter!("orders.accepted").increment(1);
+    } else {
+        let reason = match response.extensions().get::<ProblemType>() {
+            Some(ProblemType(kind)) if kind.starts_with("/problems/") => {
+                kind.trim_start_matches("/problems/").to_owned()
+            }
+            _ => response.status().as_u16().to_string(),
+        };
+        metrics::counter!("orders.refused", "reason" => reason).increment(1);
+    }
+    response
 }
 
 async fn request_timeout(request: Request, next: Next) -> Response {

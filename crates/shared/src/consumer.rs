@@ -106,6 +106,11 @@ pub trait Handler: Send + Sync + 'static {
     /// Decodes a delivery and decides whether to process it. Must not do I/O.
     fn prepare(&self, delivery: &Delivery) -> Verdict<Self::Message>;
 
+    /// The `outcome` label of an applied message in metrics (e.g. `reserved`, `rejected`).
+    fn outcome_label(_outcome: &Self::Outcome) -> &'static str {
+        "applied"
+    }
+
     /// Applies messages that have not been applied before, inside the batch's transaction.
     /// Returns one outcome per message, in order. May be called again with the same messages
     /// if the transaction hit a deadlock and was rolled back.
@@ -206,6 +211,12 @@ impl<H: Handler> IdempotentConsumer<H> {
         &self,
         received: Vec<jetstream::Message>,
     ) -> Result<Vec<Processed<H::Outcome>>, ConsumerError> {
+        let started = std::time::Instant::now();
+        metrics::histogram!(
+            crate::metrics::BATCH_SIZE,
+            "messaging_consumer_group_name" => self.settings.name.clone(),
+        )
+        .record(received.len() as f64);
         let batch_span = tracing::info_span!(
             "process batch",
             otel.kind = "consumer",
@@ -287,6 +298,7 @@ impl<H: Handler> IdempotentConsumer<H> {
         let mut report = Vec::with_capacity(done.len());
         for (delivery, disposition) in done {
             self.settle(&delivery, &disposition).await;
+            self.count(&delivery, &disposition, started.elapsed());
             report.push(Processed {
                 stream_sequence: delivery.stream_sequence,
                 message_id: (!delivery.envelope.id.is_nil()).then_some(delivery.envelope.id),
@@ -448,6 +460,24 @@ impl<H: Handler> IdempotentConsumer<H> {
                 .await;
             }
         }
+    }
+
+    /// `messaging.client.consumed.messages` and `messaging.process.duration`, by outcome.
+    fn count(&self, delivery: &Delivery, disposition: &Disposition<H::Outcome>, elapsed: Duration) {
+        let outcome = match disposition {
+            Disposition::Applied(outcome) => H::outcome_label(outcome),
+            Disposition::Duplicate => "duplicate",
+            Disposition::Retry { .. } => "failed",
+            Disposition::Poison { .. } => "poison",
+        };
+        let labels = [
+            ("messaging_system", "nats".to_owned()),
+            ("messaging_destination_name", delivery.message.subject.to_string()),
+            ("messaging_consumer_group_name", self.settings.name.clone()),
+            ("outcome", outcome.to_owned()),
+        ];
+        metrics::counter!(crate::metrics::CONSUMED_MESSAGES, &labels).increment(1);
+        metrics::histogram!(crate::metrics::PROCESS_DURATION, &labels).record(elapsed.as_secs_f64());
     }
 
     async fn ack(&self, message: &jetstream::Message) {

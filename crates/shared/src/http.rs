@@ -45,6 +45,10 @@ pub struct Problem {
     pub cause: Option<Arc<anyhow::Error>>,
 }
 
+/// The `type` of the problem a response carries, for middleware (metrics by refusal reason).
+#[derive(Debug, Clone, Copy)]
+pub struct ProblemType(pub &'static str);
+
 /// One thing wrong with a request, and where.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {
@@ -180,6 +184,7 @@ impl IntoResponse for Problem {
         if let Some(cause) = self.cause {
             response.extensions_mut().insert(cause);
         }
+        response.extensions_mut().insert(ProblemType(self.problem_type));
         response
     }
 }
@@ -200,21 +205,50 @@ pub async fn log_server_errors(request: Request, next: Next) -> Response {
 pub fn service_routes<S: Clone + Send + Sync + 'static>(router: axum::Router<S>) -> axum::Router<S> {
     router
         .route("/healthz", axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }))
+        .route("/metrics", axum::routing::get(crate::metrics::render))
         .fallback(not_found_fallback)
         .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(axum::middleware::from_fn(log_server_errors))
+        .layer(axum::middleware::from_fn(remember_route))
         .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(server_span).on_response(
-            |response: &Response, _latency: Duration, span: &tracing::Span| {
+            |response: &Response, latency: Duration, span: &tracing::Span| {
                 span.record("http.response.status_code", response.status().as_u16());
                 if response.status().is_server_error() {
                     span.record("otel.status_code", "ERROR");
                 }
+                let route = response.extensions().get::<Route>().map_or("unmatched", |r| r.0.as_str());
+                metrics::histogram!(
+                    crate::metrics::HTTP_REQUEST_DURATION,
+                    "http_request_method" => response.extensions().get::<Method>().map_or("", |m| m.0.as_str()).to_owned(),
+                    "http_route" => route.to_owned(),
+                    "http_response_status_code" => response.status().as_u16().to_string(),
+                )
+                .record(latency.as_secs_f64());
             },
         ))
 }
 
 /// An OpenTelemetry SERVER span for a request (HTTP semantic conventions), whose parent is the
 /// caller's `traceparent` if it sent one: a caller's trace continues into the service.
+/// The matched route and method of a request, carried to the response for metrics (whose
+/// labels must be the route pattern, never the raw path with its IDs).
+#[derive(Debug, Clone)]
+struct Route(String);
+#[derive(Debug, Clone)]
+struct Method(axum::http::Method);
+
+async fn remember_route(request: Request, next: Next) -> Response {
+    let route =
+        request.extensions().get::<axum::extract::MatchedPath>().map(|path| Route(path.as_str().to_owned()));
+    let method = Method(request.method().clone());
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(route);
+    }
+    response.extensions_mut().insert(method);
+    response
+}
+
 fn server_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let route = request

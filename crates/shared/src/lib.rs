@@ -9,6 +9,7 @@
 //! - [`consumer`]: the idempotent consumer (at-least-once delivery, exactly-once effects).
 //! - [`http`]: RFC 9457 problem details and a JSON extractor that answers with them.
 //! - [`telemetry`], [`propagation`]: logs and OpenTelemetry traces; trace context in NATS headers.
+//! - [`metrics`]: Prometheus metrics at `GET /metrics`; consumer lag from JetStream.
 //! - [`nats`], [`shutdown`]: connecting, stopping gracefully.
 
 pub mod config;
@@ -16,6 +17,7 @@ pub mod consumer;
 pub mod db;
 pub mod http;
 pub mod messages;
+pub mod metrics;
 pub mod nats;
 pub mod outbox;
 pub mod propagation;

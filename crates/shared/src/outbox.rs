@@ -92,12 +92,27 @@ impl OutboxBacklog {
 
     /// Counts unsent rows now.
     pub async fn refresh(&self, pool: &PgPool) -> Result<u64, sqlx::Error> {
-        let count: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL").fetch_one(pool).await?;
+        let (count, oldest_age): (i64, Option<f64>) = sqlx::query_as(
+            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8
+             FROM outbox WHERE sent_at IS NULL",
+        )
+        .fetch_one(pool)
+        .await?;
         let count = u64::try_from(count).unwrap_or(0);
         self.pending.store(count, Ordering::Relaxed);
+        metrics::gauge!(crate::metrics::OUTBOX_PENDING).set(count as f64);
+        metrics::gauge!(crate::metrics::OUTBOX_OLDEST_AGE).set(oldest_age.unwrap_or(0.0));
         Ok(count)
     }
+}
+
+fn sent_counter(subject: &str, error_type: Option<&'static str>) -> metrics::Counter {
+    let mut labels =
+        vec![("messaging_system", "nats".to_owned()), ("messaging_destination_name", subject.to_owned())];
+    if let Some(error_type) = error_type {
+        labels.push(("error_type", error_type.to_owned()));
+    }
+    metrics::counter!(crate::metrics::SENT_MESSAGES, &labels)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -200,7 +215,8 @@ impl OutboxRelay {
         }
 
         // First await of a JetStream publish: the message is handed to the connection.
-        let mut pending_acks = Vec::with_capacity(rows.len());
+        let started = Instant::now();
+        let mut in_flight = Vec::with_capacity(rows.len());
         let mut first_error: Option<jetstream::context::PublishError> = None;
         for row in &rows {
             let mut headers = crate::messages::nats_headers(&row.headers, &row.dedupe_id);
@@ -214,13 +230,14 @@ impl OutboxRelay {
             propagation::inject(&span.context(), &mut headers);
             let message = PublishMessage::build().payload(row.payload.clone().into()).headers(headers);
             match self.jetstream.send_publish(row.subject.clone(), message).await {
-                Ok(ack) => pending_acks.push((row.id, (ack, span))),
+                Ok(ack) => in_flight.push((row, ack, span)),
                 // Keep going: one row the server refuses must not hold up the others.
                 Err(err) => {
                     telemetry::record_error(&span, "publish_failed", &err.to_string());
                     span.in_scope(
                         || tracing::warn!(row = row.id, error = %err, "could not publish outbox row"),
                     );
+                    sent_counter(&row.subject, Some("publish_failed")).increment(1);
                     first_error.get_or_insert(err);
                 }
             }
@@ -228,15 +245,27 @@ impl OutboxRelay {
         // Second await: the stream has stored it (or recognised a duplicate). Only then is the
         // row sent. All acks are awaited together: each one's timeout starts when it is first
         // polled, so awaiting them in turn would add up the timeouts of acks lost in a disconnect.
-        let (ids, acks): (Vec<i64>, Vec<_>) = pending_acks.into_iter().unzip();
-        let (acks, spans): (Vec<_>, Vec<_>) = acks.into_iter().unzip();
+        let (rows_in_flight, acks): (Vec<_>, Vec<_>) =
+            in_flight.into_iter().map(|(row, ack, span)| ((row, span), ack)).unzip();
         let results = futures::future::join_all(acks.into_iter().map(|ack| ack.into_future())).await;
-        let mut sent = Vec::with_capacity(ids.len());
-        for ((id, result), span) in ids.into_iter().zip(results).zip(&spans) {
+        let latency = started.elapsed().as_secs_f64();
+        let mut sent = Vec::with_capacity(rows_in_flight.len());
+        for ((row, span), result) in rows_in_flight.into_iter().zip(results) {
             match result {
-                Ok(_) => sent.push(id),
+                Ok(_) => {
+                    sent.push(row.id);
+                    sent_counter(&row.subject, None).increment(1);
+                    metrics::histogram!(
+                        crate::metrics::OPERATION_DURATION,
+                        "messaging_system" => "nats",
+                        "messaging_operation_name" => "publish",
+                        "messaging_destination_name" => row.subject.clone(),
+                    )
+                    .record(latency);
+                }
                 Err(err) => {
-                    telemetry::record_error(span, "publish_failed", &err.to_string());
+                    telemetry::record_error(&span, "publish_failed", &err.to_string());
+                    sent_counter(&row.subject, Some("publish_failed")).increment(1);
                     first_error.get_or_insert(err);
                 }
             }

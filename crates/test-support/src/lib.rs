@@ -9,11 +9,13 @@
 //!   server, for tests that stop Postgres).
 //! - [`process`]: [`ServiceProcess`], a service binary started as a child process.
 //! - [`http`]: small clients for the services' HTTP APIs.
+//! - [`metrics`]: scraping and reading `GET /metrics`.
 //! - [`otlp`]: an OTLP/HTTP receiver that keeps the spans services export.
 //! - [`stack`]: [`Stack`](stack::Stack), the whole system as real processes.
 //! - [`wait_until`]: await a condition with a deadline, instead of sleeping.
 
 pub mod http;
+pub mod metrics;
 pub mod nats;
 pub mod otlp;
 pub mod postgres;

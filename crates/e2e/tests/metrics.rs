@@ -1,0 +1,165 @@
+//! Queue health you can see: every service's `/metrics` parses as Prometheus text, the series
+//! move with the traffic, consumer lag rises and falls, and past a bound orders are shed.
+#![allow(clippy::unwrap_used)] // A test that cannot go on should panic, loudly.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use test_support::{
+    http::order_body,
+    metrics::{histogram_observed, scrape, value},
+    stack::Stack,
+    wait_until,
+};
+
+const SETTLE: Duration = Duration::from_secs(60);
+
+async fn wait_for_status(stack: &Stack, id: &str, status: &str) {
+    wait_until(&format!("order {id} is {status}"), SETTLE, || async {
+        (stack.api.status_of(id).await.as_deref() == Some(status)).then_some(())
+    })
+    .await;
+}
+
+/// The workers' lag, as order-api's `/metrics` shows it.
+async fn lag_seen_by_order_api(stack: &Stack) -> Option<f64> {
+    let metrics = scrape(&stack.api.base_url).await;
+    value(&metrics, "jetstream_consumer_num_pending", &[("consumer", "inventory-worker")])
+}
+
+#[tokio::test]
+async fn every_service_serves_prometheus_text_and_the_named_series_move_with_the_traffic() {
+    let stack = Stack::start_with_dlq(1, &[("LAG_POLL_INTERVAL", "100ms")]).await;
+
+    let reserved = stack.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
+    let rejected = stack.api.place_ok("c-2", &[("SCARCE-1", 50)], None).await;
+    let flaky = stack.api.place_ok("c-3", &[("FLAKY-1", 1)], None).await;
+    let failing = stack.api.place_ok("c-4", &[("FAIL-1", 1)], None).await;
+    let invalid = stack.api.place(&order_body("", &[("WIDGET-1", 0)]), None).await;
+    assert_eq!(invalid.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    wait_for_status(&stack, &reserved, "reserved").await;
+    wait_for_status(&stack, &rejected, "rejected").await;
+    wait_for_status(&stack, &flaky, "reserved").await;
+    wait_for_status(&stack, &failing, "dead_lettered").await;
+
+    // order-api: orders accepted and refused, request latency, the outbox, what it published.
+    let api = wait_until("order-api's outbox gauge has caught up", SETTLE, || async {
+        let metrics = scrape(&stack.api.base_url).await;
+        (value(&metrics, "outbox_pending_messages", &[]) == Some(0.0)).then_some(metrics)
+    })
+    .await;
+    assert_eq!(value(&api, "orders_accepted_total", &[]), Some(4.0));
+    assert_eq!(value(&api, "orders_refused_total", &[("reason", "validation-error")]), Some(1.0));
+    assert!(histogram_observed(
+        &api,
+        "http_server_request_duration_seconds",
+        &[("http_route", "/orders"), ("http_request_method", "POST"), ("http_response_status_code", "202")]
+    ));
+    assert!(value(&api, "outbox_oldest_pending_age_seconds", &[]).is_some());
+    assert_eq!(
+        value(&api, "messaging_client_sent_messages_total", &[("messaging_destination_name", "orders.new")]),
+        Some(4.0)
+    );
+    assert!(histogram_observed(
+        &api,
+        "messaging_client_operation_duration_seconds",
+        &[("messaging_operation_name", "publish")]
+    ));
+    assert!(value(&api, "jetstream_consumer_num_pending", &[("consumer", "inventory-worker")]).is_some());
+    let projected = value(
+        &api,
+        "messaging_client_consumed_messages_total",
+        &[("messaging_consumer_group_name", "order-api-projection")],
+    );
+    assert!(projected.unwrap_or(0.0) >= 4.0, "{projected:?}");
+
+    // inventory-worker: outcomes, processing time, batch sizes, lag.
+    let worker = scrape(&stack.workers[0].inventory.base_url).await;
+    let consumed =
+        |outcome| value(&worker, "messaging_client_consumed_messages_total", &[("outcome", outcome)]);
+    assert_eq!(consumed("reserved"), Some(2.0));
+    assert_eq!(consumed("rejected"), Some(1.0));
+    assert_eq!(consumed("failed"), Some(1.0 + 5.0), "FLAKY once, FAIL five times");
+    assert!(histogram_observed(&worker, "messaging_process_duration_seconds", &[("outcome", "reserved")]));
+    assert!(histogram_observed(&worker, "messaging_batch_size", &[]));
+    assert!(
+        value(&worker, "jetstream_consumer_num_ack_pending", &[("consumer", "inventory-worker")]).is_some()
+    );
+    assert!(
+        value(&worker, "jetstream_consumer_num_redelivered", &[("consumer", "inventory-worker")]).is_some()
+    );
+
+    // dlq-service: dead letters captured and waiting for review.
+    let dlq_url = &stack.dlq.as_ref().unwrap().base_url;
+    let dlq = wait_until("dlq-service's pending gauge has caught up", SETTLE, || async {
+        let metrics = scrape(dlq_url).await;
+        (value(&metrics, "dead_letters_pending", &[]) == Some(1.0)).then_some(metrics)
+    })
+    .await;
+    assert_eq!(value(&dlq, "dead_letters_captured_total", &[("kind", "exhausted")]), Some(1.0));
+}
+
+#[tokio::test]
+async fn consumer_lag_rises_while_the_workers_are_stopped_and_falls_after() {
+    let mut stack = Stack::start(1, &[("LAG_POLL_INTERVAL", "100ms")]).await;
+    assert!(stack.workers[0].process.terminate().await.success());
+
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(stack.api.place_ok(&format!("c-{i}"), &[("WIDGET-1", 1)], None).await);
+    }
+    wait_until("order-api sees 20 orders waiting for the workers", SETTLE, || async {
+        (lag_seen_by_order_api(&stack).await == Some(20.0)).then_some(())
+    })
+    .await;
+
+    let worker = stack.add_worker("worker-2").await.inventory.base_url.clone();
+    wait_until("the lag falls to zero", SETTLE, || async {
+        let own = value(
+            &scrape(&worker).await,
+            "jetstream_consumer_num_pending",
+            &[("consumer", "inventory-worker")],
+        );
+        (lag_seen_by_order_api(&stack).await == Some(0.0) && own == Some(0.0)).then_some(())
+    })
+    .await;
+    for id in &ids {
+        wait_for_status(&stack, id, "reserved").await;
+    }
+}
+
+#[tokio::test]
+async fn with_the_workers_stopped_orders_are_shed_with_503_and_retry_after_and_none_accepted_is_lost() {
+    let mut stack = Stack::start(1, &[("MAX_CONSUMER_LAG", "5"), ("LAG_POLL_INTERVAL", "100ms")]).await;
+    assert!(stack.workers[0].process.terminate().await.success());
+
+    let mut accepted = Vec::new();
+    let refused = loop {
+        let response = stack.api.place(&order_body("c-1", &[("WIDGET-1", 1)]), None).await;
+        if response.status() != StatusCode::ACCEPTED {
+            break response;
+        }
+        accepted.push(
+            response.json::<serde_json::Value>().await.unwrap()["order_id"].as_str().unwrap().to_owned(),
+        );
+        assert!(accepted.len() < 500, "never shed");
+    };
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(refused.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    let problem: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(problem["type"], "/problems/overloaded");
+    assert!(accepted.len() >= 5, "accepted up to the bound: {}", accepted.len());
+    let refusals =
+        value(&scrape(&stack.api.base_url).await, "orders_refused_total", &[("reason", "overloaded")]);
+    assert_eq!(refusals, Some(1.0));
+
+    stack.add_worker("worker-2").await;
+    wait_until("orders are accepted again once the backlog drains", SETTLE, || async {
+        let response = stack.api.place(&order_body("c-2", &[("WIDGET-1", 1)]), Some("after")).await;
+        (response.status() == StatusCode::ACCEPTED).then_some(())
+    })
+    .await;
+    for id in &accepted {
+        wait_for_status(&stack, id, "reserved").await;
+    }
+}

@@ -1,0 +1,153 @@
+//! Queue health you can see: `GET /metrics` in the Prometheus text format, in every service.
+//!
+//! Names follow the OpenTelemetry semantic conventions where one exists, in their Prometheus
+//! form (dots become underscores, counters end in `_total`, durations in `_seconds`):
+//!
+//! | metric | kind | what |
+//! |---|---|---|
+//! | `http_server_request_duration_seconds` | histogram | every HTTP request, by method, route and status |
+//! | `messaging_client_sent_messages_total` | counter | messages the outbox relay published (`error_type` when it failed) |
+//! | `messaging_client_operation_duration_seconds` | histogram | publish latency, send to PubAck |
+//! | `messaging_client_consumed_messages_total` | counter | messages a consumer handled, by `outcome` |
+//! | `messaging_process_duration_seconds` | histogram | time to handle a message, by `outcome` |
+//! | `messaging_batch_size` | histogram | messages per consumer batch |
+//! | `outbox_pending_messages`, `outbox_oldest_pending_age_seconds` | gauges | the outbox backlog |
+//! | `jetstream_consumer_num_pending`, `…_num_ack_pending`, `…_num_redelivered` | gauges | a consumer's lag, as JetStream reports it |
+//!
+//! Services add their own (orders accepted and refused, dead letters captured, …). The
+//! recorder is process-wide: [`install`] sets it up once, and the `metrics` macros anywhere in
+//! the process report to it.
+
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use async_nats::jetstream;
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram, gauge};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
+
+pub const HTTP_REQUEST_DURATION: &str = "http.server.request.duration";
+pub const SENT_MESSAGES: &str = "messaging.client.sent.messages";
+pub const OPERATION_DURATION: &str = "messaging.client.operation.duration";
+pub const CONSUMED_MESSAGES: &str = "messaging.client.consumed.messages";
+pub const PROCESS_DURATION: &str = "messaging.process.duration";
+pub const BATCH_SIZE: &str = "messaging.batch.size";
+pub const OUTBOX_PENDING: &str = "outbox.pending.messages";
+pub const OUTBOX_OLDEST_AGE: &str = "outbox.oldest_pending_age";
+pub const CONSUMER_PENDING: &str = "jetstream.consumer.num_pending";
+pub const CONSUMER_ACK_PENDING: &str = "jetstream.consumer.num_ack_pending";
+pub const CONSUMER_REDELIVERED: &str = "jetstream.consumer.num_redelivered";
+
+/// Latency buckets, in seconds: 1 ms to 10 s.
+const LATENCY_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 7.5, 10.0];
+const BATCH_BUCKETS: [f64; 9] = [1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0];
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same handle).
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .with_recommended_naming(true)
+                .set_buckets_for_metric(Matcher::Suffix("duration".into()), &LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), &BATCH_BUCKETS))
+                .expect("non-empty buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first, in which case ours is unused.
+            metrics::set_global_recorder(recorder).ok();
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_histogram!(HTTP_REQUEST_DURATION, Unit::Seconds, "Duration of HTTP server requests.");
+    describe_counter!(SENT_MESSAGES, "Messages published to NATS by the outbox relay.");
+    describe_histogram!(OPERATION_DURATION, Unit::Seconds, "Publish latency, from send to PubAck.");
+    describe_counter!(CONSUMED_MESSAGES, "Messages a consumer delivered to the service, by outcome.");
+    describe_histogram!(PROCESS_DURATION, Unit::Seconds, "Time to process a message, by outcome.");
+    describe_histogram!(BATCH_SIZE, "Messages per consumer batch.");
+    describe_gauge!(OUTBOX_PENDING, "Outbox rows waiting to be published.");
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        Unit::Seconds,
+        "Age of the oldest outbox row waiting to be published."
+    );
+    describe_gauge!(CONSUMER_PENDING, "Messages not yet delivered to the consumer.");
+    describe_gauge!(CONSUMER_ACK_PENDING, "Messages delivered and not yet acknowledged.");
+    describe_gauge!(CONSUMER_REDELIVERED, "Messages delivered more than once and not yet acknowledged.");
+}
+
+/// `GET /metrics`.
+pub async fn render() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], install().render())
+}
+
+/// A durable consumer's lag (`num_pending` + `num_ack_pending`), as last seen by a [`LagMonitor`].
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerLag(Arc<AtomicU64>);
+
+impl ConsumerLag {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Polls a consumer's state from JetStream and keeps its gauges (and a [`ConsumerLag`]) current.
+#[derive(Debug, Clone)]
+pub struct LagMonitor {
+    jetstream: jetstream::Context,
+    stream: &'static str,
+    consumer: String,
+    interval: Duration,
+    lag: ConsumerLag,
+}
+
+impl LagMonitor {
+    pub fn new(
+        jetstream: jetstream::Context,
+        stream: &'static str,
+        consumer: &str,
+        interval: Duration,
+    ) -> Self {
+        Self { jetstream, stream, consumer: consumer.to_owned(), interval, lag: ConsumerLag::default() }
+    }
+
+    pub fn lag(&self) -> ConsumerLag {
+        self.lag.clone()
+    }
+
+    /// Polls until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            self.poll().await;
+            crate::shutdown::sleep_or_cancel(self.interval, &shutdown).await;
+        }
+    }
+
+    /// Reads the consumer's state once. While the consumer does not exist yet (no worker has
+    /// started), everything in the stream is lag.
+    pub async fn poll(&self) {
+        let Ok(mut stream) = self.jetstream.get_stream(self.stream).await else { return };
+        let (pending, ack_pending, redelivered) = match stream.consumer_info(&self.consumer).await {
+            Ok(info) => (info.num_pending, info.num_ack_pending as u64, info.num_redelivered as u64),
+            Err(_) => match stream.info().await {
+                Ok(info) => (info.state.messages, 0, 0),
+                Err(_) => return,
+            },
+        };
+        let labels = [("stream", self.stream.to_owned()), ("consumer", self.consumer.clone())];
+        gauge!(CONSUMER_PENDING, &labels).set(pending as f64);
+        gauge!(CONSUMER_ACK_PENDING, &labels).set(ack_pending as f64);
+        gauge!(CONSUMER_REDELIVERED, &labels).set(redelivered as f64);
+        self.lag.0.store(pending + ack_pending, Ordering::Relaxed);
+    }
+}
