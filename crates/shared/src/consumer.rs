@@ -44,13 +44,12 @@ use async_nats::{
 };
 use bytes::Bytes;
 use futures::StreamExt;
+use opentelemetry::trace::TraceContextExt;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
-
-use opentelemetry::trace::TraceContextExt;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
+use uuid::Uuid;
 
 use crate::{
     config::ConsumerSettings,
@@ -143,7 +142,7 @@ pub struct Processed<O> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConsumerError {
-    #[error("Postgres is unavailable; the batch was returned to JetStream")]
+    #[error("Postgres is unavailable; the batch was left unacknowledged for redelivery")]
     DatabaseUnavailable(#[source] sqlx::Error),
 }
 

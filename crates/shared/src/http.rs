@@ -210,7 +210,9 @@ pub fn service_routes<S: Clone + Send + Sync + 'static>(router: axum::Router<S>)
         .method_not_allowed_fallback(method_not_allowed_fallback)
         .layer(axum::middleware::from_fn(log_server_errors))
         .layer(axum::middleware::from_fn(remember_route))
-        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(server_span).on_response(
+        // Server errors are logged by `log_server_errors`, with their cause; tower-http's own
+        // failure log would also report every deliberate 503 (load shedding) as an error.
+        .layer(tower_http::trace::TraceLayer::new_for_http().make_span_with(server_span).on_failure(()).on_response(
             |response: &Response, latency: Duration, span: &tracing::Span| {
                 span.record("http.response.status_code", response.status().as_u16());
                 if response.status().is_server_error() {

@@ -160,13 +160,25 @@ impl OutboxRelay {
     /// Relays until `shutdown` is cancelled. Errors are logged and retried with a growing pause:
     /// the relay never gives up on a row.
     pub async fn run(self, shutdown: CancellationToken) {
+        // The backlog is counted on its own clock: while NATS is down a relay round can wait
+        // seconds for PubAcks, and that is when the count matters most (it drives shedding).
+        tokio::join!(self.relay(&shutdown), self.count_backlog(&shutdown));
+    }
+
+    async fn count_backlog(&self, shutdown: &CancellationToken) {
+        while !shutdown.is_cancelled() {
+            if let Err(err) = self.backlog.refresh(&self.pool).await {
+                tracing::debug!(error = %err, "could not count the outbox backlog");
+            }
+            crate::shutdown::sleep_or_cancel(self.settings.poll_interval, shutdown).await;
+        }
+    }
+
+    async fn relay(&self, shutdown: &CancellationToken) {
         let mut pause = Duration::ZERO;
         let mut last_prune = Instant::now();
         loop {
             let outcome = self.relay_batch().await;
-            if let Err(err) = self.backlog.refresh(&self.pool).await {
-                tracing::debug!(error = %err, "could not count the outbox backlog");
-            }
             let wait = match outcome {
                 // A full batch: there is probably more, go again at once.
                 Ok(sent) if sent >= self.settings.batch_size as usize => {

@@ -140,7 +140,9 @@ pub fn init(service: &'static str) -> Result<Telemetry, ConfigError> {
             .with_filter(filter)
             .boxed()
     } else {
+        // Plain text: the same in a terminal, a log file and `docker compose logs`.
         tracing_subscriber::fmt::layer()
+            .with_ansi(false)
             .event_format(WithTraceIds { inner: format::format(), json: false })
             .with_filter(filter)
             .boxed()
