@@ -10,7 +10,14 @@
 //! [`Env`] reads through a lookup function rather than `std::env` directly, so tests can build a
 //! configuration from a map without touching the process environment.
 
-use std::{collections::HashMap, fmt::Display, net::SocketAddr, str::FromStr, time::Duration};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt::Display,
+    net::SocketAddr,
+    str::FromStr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 /// A variable that is set but cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +55,22 @@ impl Env {
 
     pub fn from_map(map: HashMap<String, String>) -> Self {
         Self { lookup: Box::new(move |name| map.get(name).cloned()) }
+    }
+
+    /// An environment from a map that remembers every variable the code asks for: a way to
+    /// check that a deployment (compose.yaml) sets only variables the services read.
+    pub fn recording(map: HashMap<String, String>) -> (Self, Arc<Mutex<BTreeSet<String>>>) {
+        let asked = Arc::new(Mutex::new(BTreeSet::new()));
+        let seen = asked.clone();
+        let env = Self {
+            lookup: Box::new(move |name| {
+                if let Ok(mut seen) = seen.lock() {
+                    seen.insert(name.to_owned());
+                }
+                map.get(name).cloned()
+            }),
+        };
+        (env, asked)
     }
 
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Self {

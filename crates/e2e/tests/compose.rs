@@ -1,0 +1,270 @@
+//! compose.yaml cannot be run here (no Docker engine), so it is checked: against the compose
+//! specification, and against the code it deploys (variables, ports, health paths, binaries,
+//! metric names in the dashboard).
+#![allow(clippy::unwrap_used)] // A test that cannot go on should panic, loudly.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    path::PathBuf,
+};
+
+use serde_json::Value;
+use shared::config::Env;
+use test_support::{metrics::scrape, stack::Stack, workspace_root};
+
+const SERVICES: [&str; 3] = ["order-api", "inventory-worker", "dlq-service"];
+
+fn read(path: &str) -> String {
+    let path: PathBuf = workspace_root().join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// A YAML file as JSON, with its `<<` merge keys applied, as compose applies them.
+fn yaml(path: &str) -> Value {
+    let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read(path)).unwrap();
+    value.apply_merge().unwrap();
+    serde_json::to_value(value).unwrap()
+}
+
+fn service<'a>(compose: &'a Value, name: &str) -> &'a Value {
+    compose["services"].get(name).unwrap_or_else(|| panic!("compose.yaml has no service {name}"))
+}
+
+fn environment(service: &Value) -> HashMap<String, String> {
+    service["environment"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_owned)))
+        .collect()
+}
+
+fn port_of(env: &HashMap<String, String>) -> u16 {
+    env["HTTP_ADDR"].rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn compose_yaml_is_valid_against_the_compose_specification() {
+    let schema: Value = serde_json::from_str(&read(".ci/compose-spec.schema.json")).unwrap();
+    // The copy in .ci/ is the one the project was given; keep it in step when that one is near.
+    let given = workspace_root().join("../shared/compose-spec.schema.json");
+    if let Ok(text) = std::fs::read_to_string(given) {
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            schema,
+            ".ci/compose-spec.schema.json is stale"
+        );
+    }
+    let compose = yaml("compose.yaml");
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> =
+        validator.iter_errors(&compose).map(|e| format!("{} (at {})", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "compose.yaml breaks the compose specification:\n{}", errors.join("\n"));
+}
+
+#[test]
+fn every_variable_compose_sets_for_a_service_is_one_the_service_reads_and_accepts() {
+    let compose = yaml("compose.yaml");
+    // Read by `telemetry::init` through tracing-subscriber, not through `Env`.
+    let read_by_the_log_setup = ["RUST_LOG", "LOG_FORMAT"];
+    for name in SERVICES {
+        let env_map = environment(service(&compose, name));
+        let (env, asked) = Env::recording(env_map.clone());
+        let loaded = match name {
+            "order-api" => order_api::Config::from_env(&env).map(drop),
+            "inventory-worker" => inventory_worker::Config::from_env(&env).map(drop),
+            _ => dlq_service::Config::from_env(&env).map(drop),
+        };
+        loaded.unwrap_or_else(|e| panic!("{name} refuses compose's settings: {e}"));
+        shared::telemetry::export_from_env(&env).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let asked = asked.lock().unwrap();
+        for variable in env_map.keys() {
+            assert!(
+                asked.contains(variable) || read_by_the_log_setup.contains(&variable.as_str()),
+                "compose.yaml sets {variable} for {name}, which {name} never reads"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_load_generator_is_configured_only_with_variables_its_command_line_reads() {
+    use clap::{CommandFactory, Parser};
+    let compose = yaml("compose.yaml");
+    let known: BTreeSet<String> = loadgen::Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    let loadgen = service(&compose, "loadgen");
+    for variable in environment(loadgen).keys() {
+        assert!(
+            known.contains(variable),
+            "compose.yaml sets {variable} for loadgen, which loadgen never reads"
+        );
+    }
+    let mut args = vec!["loadgen".to_owned()];
+    args.extend(loadgen["command"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_owned()));
+    loadgen::Cli::try_parse_from(args).unwrap_or_else(|e| panic!("loadgen refuses compose's command: {e}"));
+}
+
+#[test]
+fn ports_and_healthchecks_match_what_each_service_listens_on_and_serves() {
+    let compose = yaml("compose.yaml");
+    let prometheus = read("monitoring/prometheus.yml");
+    for name in SERVICES {
+        let service = service(&compose, name);
+        let port = port_of(&environment(service));
+        let check = service["healthcheck"]["test"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect::<Vec<_>>();
+        assert!(
+            check.contains(&format!("http://localhost:{port}/readyz").as_str()),
+            "{name}'s healthcheck {check:?}"
+        );
+        for published in service["ports"].as_array().into_iter().flatten() {
+            let container_port = published.as_str().unwrap().rsplit(':').next().unwrap();
+            assert_eq!(container_port, port.to_string(), "{name} publishes a port it does not listen on");
+        }
+        // Prometheus scrapes each service where it listens.
+        assert!(
+            prometheus.contains(&format!("{name}:{port}")) || prometheus.contains(&format!("port: {port}")),
+            "monitoring/prometheus.yml does not scrape {name} on {port}"
+        );
+    }
+}
+
+#[test]
+fn the_dockerfile_builds_and_ships_every_binary_compose_runs() {
+    let compose = yaml("compose.yaml");
+    let dockerfile = read("Dockerfile");
+    let binaries: BTreeSet<String> = compose["services"]
+        .as_object()
+        .unwrap()
+        .values()
+        .filter(|s| s["image"] == "orders-demo:local")
+        .map(|s| s["entrypoint"][0].as_str().or(s["command"][0].as_str()).unwrap().to_owned())
+        .collect();
+    assert!(binaries.len() >= 4, "{binaries:?}");
+    for binary in &binaries {
+        assert!(
+            dockerfile.matches(&format!("-p {binary}")).count() >= 2,
+            "the Dockerfile does not build {binary}"
+        );
+        assert!(
+            dockerfile.contains(&format!("/src/target/release/{binary}")),
+            "the image does not ship {binary}"
+        );
+        // And it is one of the workspace's binaries (scripts/test builds them all).
+        test_support::process::binary_path(binary);
+    }
+    // The dependency layer needs every workspace member's manifest.
+    for entry in std::fs::read_dir(workspace_root().join("crates")).unwrap() {
+        let crate_name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(
+            dockerfile.contains(&format!("COPY crates/{crate_name}/Cargo.toml crates/{crate_name}/")),
+            "the Dockerfile's dependency layer misses crates/{crate_name}/Cargo.toml"
+        );
+    }
+}
+
+/// Metric names in a PromQL expression: identifiers not followed by `(` (functions), outside
+/// `{…}` (label matchers) and `by (…)` (grouping labels).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut cleaned = String::new();
+    let mut depth = 0;
+    for c in expr.chars() {
+        match c {
+            '{' => depth += 1,
+            '}' => depth -= 1,
+            _ if depth == 0 => cleaned.push(c),
+            _ => {}
+        }
+    }
+    let cleaned = cleaned.replace("by (", "by(");
+    let mut names = Vec::new();
+    let mut rest = cleaned.as_str();
+    while let Some(start) = rest.find(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        let tail = &rest[start..];
+        let end =
+            tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':')).unwrap_or(tail.len());
+        let word = &tail[..end];
+        let after = tail[end..].trim_start();
+        let grouping = rest[..start].trim_end().ends_with("by(");
+        if !after.starts_with('(') && !grouping && word.contains('_') {
+            names.push(word.to_owned());
+        }
+        rest = &tail[end..];
+        if grouping {
+            rest = rest.split_once(')').map_or("", |(_, r)| r);
+        }
+    }
+    names
+}
+
+#[tokio::test]
+async fn the_grafana_dashboard_queries_only_metrics_the_services_export() {
+    let dashboard: Value =
+        serde_json::from_str(&read("monitoring/grafana/dashboards/orders-pipeline.json")).unwrap();
+    let datasource = read("monitoring/grafana/provisioning/datasources/prometheus.yaml");
+
+    // What the services really export, after some traffic of every kind.
+    let stack = Stack::start_with_dlq(1, &[("LAG_POLL_INTERVAL", "100ms")]).await;
+    let id = stack.api.place_ok("c-1", &[("FAIL-1", 1)], None).await;
+    stack.api.place_ok("c-2", &[("WIDGET-1", 1)], None).await;
+    let refused = stack.api.place(&test_support::http::order_body("", &[("WIDGET-1", 1)]), None).await;
+    assert_eq!(refused.status(), reqwest::StatusCode::UNPROCESSABLE_ENTITY);
+    test_support::wait_until(
+        "the failing order is dead-lettered",
+        std::time::Duration::from_secs(60),
+        || async { (stack.api.status_of(&id).await.as_deref() == Some("dead_lettered")).then_some(()) },
+    )
+    .await;
+    let mut exported = BTreeSet::new();
+    let urls = [
+        stack.api.base_url.clone(),
+        stack.workers[0].inventory.base_url.clone(),
+        stack.dlq.as_ref().unwrap().base_url.clone(),
+    ];
+    for url in urls {
+        exported.extend(scrape(&url).await.samples.into_iter().map(|s| s.metric));
+    }
+    // From the NATS exporter, which compose runs beside NATS.
+    exported.insert("jetstream_stream_total_messages".to_owned());
+
+    let mut queries = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            assert_eq!(target["datasource"]["uid"], "prometheus");
+            assert!(datasource.contains("uid: prometheus"));
+            let expr = target["expr"].as_str().unwrap();
+            for name in metric_names(expr) {
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .fold(name.clone(), |n, s| n.strip_suffix(s).map_or(n.clone(), str::to_owned));
+                assert!(
+                    exported.contains(&name) || exported.contains(&base),
+                    "panel {:?} queries {name}, which nothing exports",
+                    panel["title"]
+                );
+                queries += 1;
+            }
+        }
+    }
+    assert!(queries > 10, "{queries} metric references found");
+}
+
+#[test]
+fn metric_names_are_read_out_of_promql() {
+    assert_eq!(
+        metric_names(r#"histogram_quantile(0.99, sum by (le) (rate(x_seconds_bucket{job="a",b=~"c"}[1m])))"#),
+        ["x_seconds_bucket"]
+    );
+    assert_eq!(
+        metric_names("sum by (reason) (rate(orders_refused_total[1m])) / outbox_pending_messages"),
+        ["orders_refused_total", "outbox_pending_messages"]
+    );
+}
