@@ -137,6 +137,35 @@ fn ports_and_healthchecks_match_what_each_service_listens_on_and_serves() {
     }
 }
 
+/// A service waited on with `condition: service_healthy` must have a healthcheck that can run,
+/// or compose waits forever. Every service has one, except those listed here with the reason.
+#[test]
+fn start_up_waits_only_on_healthchecks_that_exist() {
+    let without_healthcheck = [
+        ("loadgen", "a one-shot job: it runs its burst and exits"),
+        ("nats-exporter", "its image is FROM scratch: no shell or wget to run a check with"),
+    ];
+    let compose = yaml("compose.yaml");
+    let services = compose["services"].as_object().unwrap();
+    let has_check = |name: &str| {
+        let check = &services[name]["healthcheck"];
+        check["disable"] != true && check["test"].as_array().is_some_and(|t| !t.is_empty())
+    };
+    for (name, service) in services {
+        let excused = without_healthcheck.iter().any(|(n, _)| n == name);
+        assert!(has_check(name) != excused, "{name}: healthcheck present = {}", has_check(name));
+        for (dependency, how) in service["depends_on"].as_object().into_iter().flatten() {
+            assert!(services.contains_key(dependency), "{name} depends on unknown {dependency}");
+            if how["condition"] == "service_healthy" {
+                assert!(
+                    has_check(dependency),
+                    "{name} waits for {dependency} to be healthy, but {dependency} has no healthcheck"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn the_dockerfile_builds_and_ships_every_binary_compose_runs() {
     let compose = yaml("compose.yaml");
