@@ -73,9 +73,9 @@ async fn an_overloaded_order_api_is_retried_after_its_retry_after_and_no_order_i
     assert!(stack.workers[0].process.terminate().await.success());
 
     let run = tokio::spawn(loadgen::run(config(&stack, 20, 20.0, Mix::only(Kind::Ordinary))));
-    wait_until("order-api has answered 503 overloaded", SETTLE, || async {
+    wait_until("order-api has answered 503 for consumer lag", SETTLE, || async {
         let refused =
-            value(&scrape(&stack.api.base_url).await, "orders_refused_total", &[("reason", "overloaded")]);
+            value(&scrape(&stack.api.base_url).await, "orders_refused_total", &[("reason", "consumer-lag")]);
         (refused.unwrap_or(0.0) >= 1.0).then_some(())
     })
     .await;

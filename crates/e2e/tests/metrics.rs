@@ -31,7 +31,9 @@ async fn lag_seen_by_order_api(stack: &Stack) -> Option<f64> {
 async fn every_service_serves_prometheus_text_and_the_named_series_move_with_the_traffic() {
     let stack = Stack::start_with_dlq(1, &[("LAG_POLL_INTERVAL", "100ms")]).await;
 
-    let reserved = stack.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
+    let reserved = stack.api.place_ok("c-1", &[("WIDGET-1", 1)], Some("key-1")).await;
+    let again = stack.api.place_ok("c-1", &[("WIDGET-1", 1)], Some("key-1")).await;
+    assert_eq!(again, reserved, "the same key: the same order");
     let rejected = stack.api.place_ok("c-2", &[("SCARCE-1", 50)], None).await;
     let flaky = stack.api.place_ok("c-3", &[("FLAKY-1", 1)], None).await;
     let failing = stack.api.place_ok("c-4", &[("FAIL-1", 1)], None).await;
@@ -48,7 +50,8 @@ async fn every_service_serves_prometheus_text_and_the_named_series_move_with_the
         (value(&metrics, "outbox_pending_messages", &[]) == Some(0.0)).then_some(metrics)
     })
     .await;
-    assert_eq!(value(&api, "orders_accepted_total", &[]), Some(4.0));
+    assert_eq!(value(&api, "orders_accepted_total", &[]), Some(4.0), "new orders only");
+    assert_eq!(value(&api, "orders_replayed_total", &[]), Some(1.0));
     assert_eq!(value(&api, "orders_refused_total", &[("reason", "validation-error")]), Some(1.0));
     assert!(histogram_observed(
         &api,
@@ -147,10 +150,10 @@ async fn with_the_workers_stopped_orders_are_shed_with_503_and_retry_after_and_n
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
     let problem: serde_json::Value = refused.json().await.unwrap();
-    assert_eq!(problem["type"], "/problems/overloaded");
+    assert_eq!(problem["type"], "/problems/consumer-lag");
     assert!(accepted.len() >= 5, "accepted up to the bound: {}", accepted.len());
     let refusals =
-        value(&scrape(&stack.api.base_url).await, "orders_refused_total", &[("reason", "overloaded")]);
+        value(&scrape(&stack.api.base_url).await, "orders_refused_total", &[("reason", "consumer-lag")]);
     assert_eq!(refusals, Some(1.0));
 
     stack.add_worker("worker-2").await;

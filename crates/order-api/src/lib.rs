@@ -78,6 +78,7 @@ impl Application {
             topology::ensure_consumer(&jetstream, EVENTS_STREAM, EVENTS_SUBJECTS, &config.projection).await?;
 
         shared::metrics::install();
+        routes::register_metrics();
         let lag_monitor = LagMonitor::new(
             jetstream.clone(),
             ORDERS_STREAM,

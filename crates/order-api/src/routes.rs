@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::{
     Json, Router,
     extract::{DefaultBodyLimit, Path, Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -24,15 +24,24 @@ use crate::{
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// A request that takes longer is answered 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// On a `202` that returns an order placed before with the same `Idempotency-Key`.
+const REPLAYED: &str = "idempotent-replayed";
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/orders", post(place_order).layer(middleware::from_fn(count_orders)))
+        .route("/orders", post(place_order))
         .route("/orders/{id}", get(get_order))
-        .route("/readyz", get(readyz))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(request_timeout));
-    shared::http::service_routes(api).with_state(state)
+        .route("/readyz", get(readyz));
+    shared::http::service_routes(guarded(api, REQUEST_TIMEOUT)).with_state(state)
+}
+
+/// The limits every API route runs under, and the counting of `POST /orders` outcomes. The
+/// count is the outermost layer, so that it sees every answer: those of the handler, and
+/// those given before it ran (413, 415) or instead of it (a timeout).
+fn guarded<S: Clone + Send + Sync + 'static>(api: Router<S>, timeout: Duration) -> Router<S> {
+    api.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(move |request, next| request_timeout(timeout, request, next)))
+        .layer(middleware::from_fn(count_orders))
 }
 
 /// `POST /orders`: validate, refuse if overloaded, then store the order and its message in
@@ -52,19 +61,21 @@ async fn place_order(
     // Backpressure: a bounded queue refuses work it cannot keep up with, instead of growing.
     // Two queues are watched: the outbox (NATS unreachable or slow) and the workers' consumer
     // (workers down or slower than the orders coming in).
+    // Each has its own problem type, so that a client (and the refusals metric) can tell which
+    // queue is full; the remedy is the same: wait for `Retry-After`, then send the same request.
     let backlog = app.outbox_backlog.pending();
     if backlog >= app.max_outbox_backlog {
         return Err(Problem::unavailable(
-            "/problems/overloaded",
-            format!("{backlog} orders are waiting to be published; retry later."),
+            "/problems/outbox-backlog",
+            format!("{backlog} orders are waiting to be published (OUTBOX_MAX_BACKLOG); retry later."),
             Duration::from_secs(5),
         ));
     }
     let lag = app.consumer_lag.get();
     if lag >= app.max_consumer_lag {
         return Err(Problem::unavailable(
-            "/problems/overloaded",
-            format!("{lag} orders are waiting for the workers; retry later."),
+            "/problems/consumer-lag",
+            format!("{lag} orders are waiting for the workers (MAX_CONSUMER_LAG); retry later."),
             Duration::from_secs(5),
         ));
     }
@@ -97,7 +108,7 @@ async fn place_order(
         response.headers_mut().insert(header::LOCATION, value);
     }
     if replayed {
-        response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+        response.headers_mut().insert(REPLAYED, HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -117,12 +128,38 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, 
     shared::http::readiness(&app.pool, &app.nats).await
 }
 
-/// `orders.accepted` and `orders.refused` (by the problem's type), for every `POST /orders`,
-/// including those refused before the handler ran (malformed JSON, wrong content type, …).
+/// Describes the order counters and starts them at zero, so that a dashboard shows `0` (not
+/// "no data") before the first order, and `rate()` sees the first one.
+pub fn register_metrics() {
+    metrics::describe_counter!("orders.accepted", "POST /orders answered 202 with a new order.");
+    metrics::describe_counter!(
+        "orders.replayed",
+        "POST /orders answered 202 with an order placed before under the same Idempotency-Key."
+    );
+    metrics::describe_counter!(
+        "orders.refused",
+        "POST /orders refused, by reason (the problem type, or the status)."
+    );
+    metrics::counter!("orders.accepted").absolute(0);
+    metrics::counter!("orders.replayed").absolute(0);
+}
+
+/// Counts every `POST /orders` answer: `orders.accepted` (a new order), `orders.replayed` (an
+/// `Idempotency-Key` seen before: the same order again, nothing new) or `orders.refused` by
+/// reason, the problem's type (`validation-error`, `outbox-backlog`, `timeout`, …) or else
+/// the status code.
 async fn count_orders(request: Request, next: Next) -> Response {
+    let counted = request.method() == Method::POST && request.uri().path() == "/orders";
     let response = next.run(request).await;
+    if !counted {
+        return response;
+    }
     if response.status() == StatusCode::ACCEPTED {
-        metrics::counter!("orders.accepted").increment(1);
+        if response.headers().contains_key(REPLAYED) {
+            metrics::counter!("orders.replayed").increment(1);
+        } else {
+            metrics::counter!("orders.accepted").increment(1);
+        }
     } else {
         let reason = match response.extensions().get::<ProblemType>() {
             Some(ProblemType(kind)) if kind.starts_with("/problems/") => {
@@ -135,8 +172,8 @@ async fn count_orders(request: Request, next: Next) -> Response {
     response
 }
 
-async fn request_timeout(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+async fn request_timeout(timeout: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(timeout, next.run(request)).await {
         Ok(response) => response,
         Err(_) => Problem::unavailable(
             "/problems/timeout",
@@ -144,5 +181,48 @@ async fn request_timeout(request: Request, next: Next) -> Response {
             Duration::from_secs(1),
         )
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, http::Request};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn post_orders() -> Request<Body> {
+        Request::post("/orders").body(Body::empty()).expect("a valid request")
+    }
+
+    /// The count sees answers the handler never gave: here, the timeout's 503.
+    #[tokio::test]
+    async fn a_request_that_times_out_is_counted_as_refused_for_timeout() {
+        let handle = shared::metrics::install();
+        let slow = Router::new().route(
+            "/orders",
+            post(|| async {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                StatusCode::ACCEPTED
+            }),
+        );
+        let response =
+            guarded(slow, Duration::from_millis(50)).oneshot(post_orders()).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+        let text = handle.render();
+        assert!(text.contains(r#"orders_refused_total{reason="timeout"} 1"#), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_idempotent_replay_is_counted_as_replayed_not_as_a_new_order() {
+        let handle = shared::metrics::install();
+        let replaying =
+            Router::new().route("/orders", post(|| async { (StatusCode::ACCEPTED, [(REPLAYED, "true")]) }));
+        let response = guarded(replaying, REQUEST_TIMEOUT).oneshot(post_orders()).await.expect("infallible");
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let text = handle.render();
+        assert!(text.contains("orders_replayed_total 1"), "{text}");
+        assert!(!text.contains("orders_accepted_total 1"), "{text}");
     }
 }

@@ -4,7 +4,11 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use test_support::{http::order_body, wait_until};
+use test_support::{
+    http::order_body,
+    metrics::{scrape, value},
+    wait_until,
+};
 
 use crate::helpers::{spawn_app, spawn_app_with};
 
@@ -24,12 +28,29 @@ async fn orders_accepted_while_nats_is_down_are_published_when_it_is_back() {
     }
     assert_eq!(app.unsent_outbox_rows().await, 10);
 
+    // What an operator sees meanwhile: the outbox depth rises, its oldest row ages, and the
+    // relay's failed publishes are counted by error type.
+    wait_until("/metrics shows the backlog and the failed publishes", Duration::from_secs(60), || async {
+        let metrics = scrape(&app.api.base_url).await;
+        let pending = value(&metrics, "outbox_pending_messages", &[]);
+        let age = value(&metrics, "outbox_oldest_pending_age_seconds", &[]).unwrap_or(0.0);
+        let failed =
+            value(&metrics, "messaging_client_sent_messages_total", &[("error_type", "publish_failed")]);
+        (pending == Some(10.0) && age > 0.0 && failed.unwrap_or(0.0) >= 1.0).then_some(())
+    })
+    .await;
+
     app.nats.start_again().await;
     wait_until("every order is published", Duration::from_secs(60), || async {
         (app.unsent_outbox_rows().await == 0).then_some(())
     })
     .await;
     assert_eq!(app.orders_stream_len().await, 11, "each order exactly once in the stream");
+    wait_until("/metrics shows the outbox empty", Duration::from_secs(30), || async {
+        let metrics = scrape(&app.api.base_url).await;
+        (value(&metrics, "outbox_pending_messages", &[]) == Some(0.0)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -55,7 +76,7 @@ async fn a_backlog_past_its_bound_is_answered_503_with_retry_after_and_nothing_a
     assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(refused.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
     let problem: serde_json::Value = refused.json().await.unwrap();
-    assert_eq!(problem["type"], "/problems/overloaded");
+    assert_eq!(problem["type"], "/problems/outbox-backlog");
     assert!(accepted >= 5, "{accepted} accepted before the bound");
 
     app.nats.start_again().await;
