@@ -75,6 +75,7 @@ impl Application {
         topology::ensure_streams(&jetstream, &config.nats).await?;
         let consumer = topology::ensure_consumer(&jetstream, UNPROCESSED_STREAM, "", &config.capture).await?;
         shared::metrics::install();
+        store::register_metrics();
         let lag_monitor = LagMonitor::new(
             jetstream.clone(),
             UNPROCESSED_STREAM,

@@ -178,6 +178,27 @@ pub async fn record(tx: &mut PgConnection, letter: &NewDeadLetter) -> Result<Opt
     Ok(inserted)
 }
 
+/// Describes dlq-service's metrics and starts its counters at zero, so that a dashboard shows
+/// `0` (not "no data") until the first dead letter.
+///
+/// The counters count what this process did. A review done with the command line
+/// (`dlq-service replay …`) runs in a process of its own, whose counts end with it; the
+/// `dead_letters.pending` gauge is counted from the table, so it shows every review.
+pub fn register_metrics() {
+    metrics::describe_counter!(
+        "dead_letters.captured",
+        "Dead letters recorded, by kind (exhausted, poison, unrecognised)."
+    );
+    metrics::describe_counter!("dead_letters.replayed", "Dead letters replayed through the review API.");
+    metrics::describe_counter!("dead_letters.discarded", "Dead letters discarded through the review API.");
+    metrics::describe_gauge!("dead_letters.pending", "Dead letters waiting for review.");
+    for kind in ["exhausted", "poison", "unrecognised"] {
+        metrics::counter!("dead_letters.captured", "kind" => kind).absolute(0);
+    }
+    metrics::counter!("dead_letters.replayed").absolute(0);
+    metrics::counter!("dead_letters.discarded").absolute(0);
+}
+
 /// Keeps the `dead_letters.pending` gauge (rows waiting for review) current until `shutdown`.
 pub async fn watch_pending(
     pool: PgPool,

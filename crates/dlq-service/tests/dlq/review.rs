@@ -128,3 +128,35 @@ async fn a_discard_needs_a_reason_and_records_it() {
     let (status, _) = dlq.post(&format!("/dead-letters/{id}/replay"), None).await;
     assert_eq!(status, StatusCode::CONFLICT, "a discarded dead letter is not replayed");
 }
+
+#[tokio::test]
+async fn reviews_are_counted_and_the_pending_gauge_follows_the_table() {
+    use test_support::metrics::{scrape, value};
+    let dlq = spawn_dlq().await;
+    let metrics = scrape(&dlq.base_url).await;
+    assert_eq!(value(&metrics, "dead_letters_replayed_total", &[]), Some(0.0), "registered at start-up");
+    assert_eq!(value(&metrics, "dead_letters_discarded_total", &[]), Some(0.0));
+
+    let ids =
+        [dlq.seed(order_letter(1)).await, dlq.seed(order_letter(2)).await, dlq.seed(order_letter(3)).await];
+    let (status, _) = dlq.post(&format!("/dead-letters/{}/replay", ids[0]), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) =
+        dlq.post(&format!("/dead-letters/{}/discard", ids[1]), Some(json!({"reason": "duplicate"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    // Refused reviews count for nothing.
+    let (status, _) = dlq.post(&format!("/dead-letters/{}/replay", ids[0]), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+
+    let metrics = test_support::wait_until(
+        "the pending gauge shows the one left",
+        std::time::Duration::from_secs(30),
+        || async {
+            let metrics = scrape(&dlq.base_url).await;
+            (value(&metrics, "dead_letters_pending", &[]) == Some(1.0)).then_some(metrics)
+        },
+    )
+    .await;
+    assert_eq!(value(&metrics, "dead_letters_replayed_total", &[]), Some(1.0));
+    assert_eq!(value(&metrics, "dead_letters_discarded_total", &[]), Some(1.0));
+}
