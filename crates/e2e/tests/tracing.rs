@@ -222,6 +222,25 @@ async fn each_order_is_one_trace_from_the_http_request_to_its_outcome() {
     })
     .await;
     assert_child(&again, publish);
+
+    // Probes and scrapes (every start-up above waited on /readyz) leave no traces behind: they
+    // would bury the orders' traces in Jaeger under thousands of one-span ones.
+    test_support::metrics::scrape(&stack.api.base_url).await;
+    stack.api.http().get(format!("{}/healthz", stack.api.base_url)).send().await.unwrap();
+    // order-api exports spans in the order they end: once a later request's span is in, the
+    // probes' spans would be too.
+    let (_, later) = place(&stack, "WIDGET-1", None).await;
+    wait_until("a later request's span is exported", SETTLE, || async {
+        receiver.trace(&later).into_iter().find(|s| s.name == "POST /orders")
+    })
+    .await;
+    let probes: Vec<_> = receiver
+        .spans()
+        .into_iter()
+        .filter(|s| ["GET /readyz", "GET /healthz", "GET /metrics"].contains(&s.name.as_str()))
+        .map(|s| format!("{} from {}", s.name, s.service))
+        .collect();
+    assert!(probes.is_empty(), "{probes:?}");
 }
 
 #[tokio::test]

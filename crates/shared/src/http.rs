@@ -230,8 +230,6 @@ pub fn service_routes<S: Clone + Send + Sync + 'static>(router: axum::Router<S>)
         ))
 }
 
-/// An OpenTelemetry SERVER span for a request (HTTP semantic conventions), whose parent is the
-/// caller's `traceparent` if it sent one: a caller's trace continues into the service.
 /// The matched route and method of a request, carried to the response for metrics (whose
 /// labels must be the route pattern, never the raw path with its IDs).
 #[derive(Debug, Clone)]
@@ -251,12 +249,21 @@ async fn remember_route(request: Request, next: Next) -> Response {
     response
 }
 
+/// Routes that probes and scrapers call every few seconds. They get no span: each would be a
+/// trace of its own, burying the orders' traces in Jaeger. (Their latency is still measured.)
+const UNTRACED_ROUTES: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// An OpenTelemetry SERVER span for a request (HTTP semantic conventions), whose parent is the
+/// caller's `traceparent` if it sent one: a caller's trace continues into the service.
 fn server_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or_else(|| request.uri().path().to_owned(), |path| path.as_str().to_owned());
+    if UNTRACED_ROUTES.contains(&route.as_str()) {
+        return tracing::Span::none();
+    }
     let span = tracing::info_span!(
         "HTTP request",
         otel.name = format!("{} {route}", request.method()),
