@@ -133,3 +133,59 @@ fn retry_after(response: &reqwest::Response) -> Duration {
         .map_or(DEFAULT_RETRY_AFTER, |secs| Duration::from_secs(secs.max(1)))
         .min(MAX_RETRY_AFTER)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        sync::{Arc, Mutex},
+        time::Instant,
+    };
+
+    use axum::{Router, http::HeaderMap, response::IntoResponse, routing::post};
+
+    use super::*;
+
+    /// A stand-in order-api that answers the first `POST /orders` with 503 and `Retry-After: 1`,
+    /// and every later one with 202. It records when each request arrived, and with which key.
+    async fn overloaded_once() -> (Url, Arc<Mutex<Vec<(Instant, String)>>>) {
+        let seen: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+        let record = Arc::clone(&seen);
+        let app = Router::new().route(
+            "/orders",
+            post(move |headers: HeaderMap| async move {
+                let key = headers["idempotency-key"].to_str().unwrap_or_default().to_owned();
+                let mut seen = record.lock().expect("not poisoned");
+                seen.push((Instant::now(), key));
+                if seen.len() == 1 {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "1")]).into_response()
+                } else {
+                    let order = serde_json::json!({
+                        "order_id": "01a20327-659e-7378-829a-83c67b06f8ee", "status": "pending",
+                        "created_at": "2026-11-22T12:00:00Z", "updated_at": "2026-11-22T12:00:00Z",
+                    });
+                    (axum::http::StatusCode::ACCEPTED, axum::Json(order)).into_response()
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a free port");
+        let url = Url::parse(&format!("http://{}", listener.local_addr().expect("bound"))).expect("a URL");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (url, seen)
+    }
+
+    #[tokio::test]
+    async fn a_503_is_sent_again_with_the_same_key_no_sooner_than_its_retry_after() {
+        let (url, seen) = overloaded_once().await;
+        let client = OrderApiClient::new(&url).expect("a client");
+
+        let placement = client.place(&serde_json::json!({"customer_id": "c-1"}), "key-1").await;
+
+        assert!(placement.result.is_ok(), "{:?}", placement.result);
+        assert_eq!(placement.retries_after_503, 1);
+        let seen = seen.lock().expect("not poisoned");
+        assert_eq!(seen.len(), 2);
+        assert_eq!((seen[0].1.as_str(), seen[1].1.as_str()), ("key-1", "key-1"), "the same key again");
+        let waited = seen[1].0 - seen[0].0;
+        assert!(waited >= Duration::from_secs(1), "sent again after {waited:?}, before Retry-After: 1");
+    }
+}

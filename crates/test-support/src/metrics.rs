@@ -36,7 +36,6 @@ pub fn parse_strictly(text: &str) -> Scrape {
     Scrape::parse(text.lines().map(|line| Ok(line.to_owned()))).expect("valid Prometheus text format")
 }
 
-
 /// The sum of a counter's or gauge's samples whose labels include `labels`; `None` if no
 /// sample matches.
 pub fn value(scrape: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
