@@ -166,3 +166,37 @@ async fn with_the_workers_stopped_orders_are_shed_with_503_and_retry_after_and_n
         wait_for_status(&stack, id, "reserved").await;
     }
 }
+
+#[tokio::test]
+async fn a_message_between_attempts_shows_as_ack_pending_and_redelivered_until_it_is_dead_lettered() {
+    // Long enough between the second and third attempts to be seen by a scrape.
+    let stack = Stack::start_with_dlq(
+        1,
+        &[("LAG_POLL_INTERVAL", "100ms"), ("WORKER_BACKOFF", "500ms,5s"), ("WORKER_MAX_DELIVER", "3")],
+    )
+    .await;
+    let worker = stack.workers[0].inventory.base_url.clone();
+    let gauges = || async {
+        let metrics = scrape(&worker).await;
+        let of = |name| value(&metrics, name, &[("consumer", "inventory-worker")]);
+        (of("jetstream_consumer_num_ack_pending"), of("jetstream_consumer_num_redelivered"))
+    };
+    wait_until("the worker reports its consumer, nothing in flight yet", SETTLE, || async {
+        (gauges().await == (Some(0.0), Some(0.0))).then_some(())
+    })
+    .await;
+
+    stack.api.place_ok("c-1", &[("FAIL-1", 1)], None).await;
+    // Failed twice, waiting for its third attempt: delivered and not acknowledged (ack
+    // pending), and delivered more than once (redelivered).
+    wait_until("the failing order shows as ack pending and redelivered", SETTLE, || async {
+        (gauges().await == (Some(1.0), Some(1.0))).then_some(())
+    })
+    .await;
+    // After the last attempt it is a dead letter, and dlq-service deletes it from the work
+    // queue (JetStream keeps a max-delivered message otherwise): nothing is pending any more.
+    wait_until("the dead-lettered order is no longer pending", SETTLE, || async {
+        (gauges().await == (Some(0.0), Some(0.0))).then_some(())
+    })
+    .await;
+}
