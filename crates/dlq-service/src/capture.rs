@@ -226,7 +226,7 @@ impl Capture {
         Ok(match inserted {
             Some(id) => {
                 self.outbox.wake();
-                metrics::counter!("dead_letters.captured", "kind" => letter.kind).increment(1);
+                metrics::counter!(store::CAPTURED, "kind" => letter.kind).increment(1);
                 tracing::warn!(
                     dead_letter = %id,
                     stream = %letter.source_stream,

@@ -178,28 +178,31 @@ pub async fn record(tx: &mut PgConnection, letter: &NewDeadLetter) -> Result<Opt
     Ok(inserted)
 }
 
+/// dlq-service's metrics (`dead_letters_captured_total`, … in Prometheus).
+pub const CAPTURED: &str = "dead_letters.captured";
+const REPLAYED: &str = "dead_letters.replayed";
+const DISCARDED: &str = "dead_letters.discarded";
+const PENDING: &str = "dead_letters.pending";
+
 /// Describes dlq-service's metrics and starts its counters at zero, so that a dashboard shows
 /// `0` (not "no data") until the first dead letter.
 ///
 /// The counters count what this process did. A review done with the command line
 /// (`dlq-service replay …`) runs in a process of its own, whose counts end with it; the
-/// `dead_letters.pending` gauge is counted from the table, so it shows every review.
+/// [`PENDING`] gauge is counted from the table, so it shows every review.
 pub fn register_metrics() {
-    metrics::describe_counter!(
-        "dead_letters.captured",
-        "Dead letters recorded, by kind (exhausted, poison, unrecognised)."
-    );
-    metrics::describe_counter!("dead_letters.replayed", "Dead letters replayed through the review API.");
-    metrics::describe_counter!("dead_letters.discarded", "Dead letters discarded through the review API.");
-    metrics::describe_gauge!("dead_letters.pending", "Dead letters waiting for review.");
+    metrics::describe_counter!(CAPTURED, "Dead letters recorded, by kind (exhausted, poison, unrecognised).");
+    metrics::describe_counter!(REPLAYED, "Dead letters replayed through the review API.");
+    metrics::describe_counter!(DISCARDED, "Dead letters discarded through the review API.");
+    metrics::describe_gauge!(PENDING, "Dead letters waiting for review.");
     for kind in ["exhausted", "poison", "unrecognised"] {
-        metrics::counter!("dead_letters.captured", "kind" => kind).absolute(0);
+        metrics::counter!(CAPTURED, "kind" => kind).absolute(0);
     }
-    metrics::counter!("dead_letters.replayed").absolute(0);
-    metrics::counter!("dead_letters.discarded").absolute(0);
+    metrics::counter!(REPLAYED).absolute(0);
+    metrics::counter!(DISCARDED).absolute(0);
 }
 
-/// Keeps the `dead_letters.pending` gauge (rows waiting for review) current until `shutdown`.
+/// Keeps the [`PENDING`] gauge (rows waiting for review) current until `shutdown`.
 pub async fn watch_pending(
     pool: PgPool,
     every: std::time::Duration,
@@ -211,7 +214,7 @@ pub async fn watch_pending(
                 .fetch_one(&pool)
                 .await;
         if let Ok(pending) = pending {
-            metrics::gauge!("dead_letters.pending").set(pending as f64);
+            metrics::gauge!(PENDING).set(pending as f64);
         }
         shared::shutdown::sleep_or_cancel(every, &shutdown).await;
     }
@@ -331,7 +334,7 @@ async fn replay_in(
     outbox::enqueue(&mut tx, &[message]).await?;
     let letter = set_status(&mut tx, id, Status::Replayed, review).await?;
     tx.commit().await?;
-    metrics::counter!("dead_letters.replayed").increment(1);
+    metrics::counter!(REPLAYED).increment(1);
     Ok(letter)
 }
 
@@ -341,7 +344,7 @@ pub async fn discard(pool: &PgPool, id: Uuid, review: &Review) -> Result<DeadLet
     lock_pending(&mut tx, id).await?;
     let letter = set_status(&mut tx, id, Status::Discarded, review).await?;
     tx.commit().await?;
-    metrics::counter!("dead_letters.discarded").increment(1);
+    metrics::counter!(DISCARDED).increment(1);
     Ok(letter)
 }
 

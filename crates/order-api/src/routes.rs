@@ -25,7 +25,12 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 /// A request that takes longer is answered 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// On a `202` that returns an order placed before with the same `Idempotency-Key`.
-const REPLAYED: &str = "idempotent-replayed";
+const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// `POST /orders` outcomes, as counters (`orders_accepted_total`, … in Prometheus).
+const ORDERS_ACCEPTED: &str = "orders.accepted";
+const ORDERS_REPLAYED: &str = "orders.replayed";
+const ORDERS_REFUSED: &str = "orders.refused";
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
@@ -108,7 +113,7 @@ async fn place_order(
         response.headers_mut().insert(header::LOCATION, value);
     }
     if replayed {
-        response.headers_mut().insert(REPLAYED, HeaderValue::from_static("true"));
+        response.headers_mut().insert(REPLAYED_HEADER, HeaderValue::from_static("true"));
     }
     Ok(response)
 }
@@ -131,17 +136,17 @@ async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, 
 /// Describes the order counters and starts them at zero, so that a dashboard shows `0` (not
 /// "no data") before the first order, and `rate()` sees the first one.
 pub fn register_metrics() {
-    metrics::describe_counter!("orders.accepted", "POST /orders answered 202 with a new order.");
+    metrics::describe_counter!(ORDERS_ACCEPTED, "POST /orders answered 202 with a new order.");
     metrics::describe_counter!(
-        "orders.replayed",
+        ORDERS_REPLAYED,
         "POST /orders answered 202 with an order placed before under the same Idempotency-Key."
     );
     metrics::describe_counter!(
-        "orders.refused",
+        ORDERS_REFUSED,
         "POST /orders refused, by reason (the problem type, or the status)."
     );
-    metrics::counter!("orders.accepted").absolute(0);
-    metrics::counter!("orders.replayed").absolute(0);
+    metrics::counter!(ORDERS_ACCEPTED).absolute(0);
+    metrics::counter!(ORDERS_REPLAYED).absolute(0);
 }
 
 /// Counts every `POST /orders` answer: `orders.accepted` (a new order), `orders.replayed` (an
@@ -155,10 +160,10 @@ async fn count_orders(request: Request, next: Next) -> Response {
         return response;
     }
     if response.status() == StatusCode::ACCEPTED {
-        if response.headers().contains_key(REPLAYED) {
-            metrics::counter!("orders.replayed").increment(1);
+        if response.headers().contains_key(REPLAYED_HEADER) {
+            metrics::counter!(ORDERS_REPLAYED).increment(1);
         } else {
-            metrics::counter!("orders.accepted").increment(1);
+            metrics::counter!(ORDERS_ACCEPTED).increment(1);
         }
     } else {
         let reason = match response.extensions().get::<ProblemType>() {
@@ -167,7 +172,7 @@ async fn count_orders(request: Request, next: Next) -> Response {
             }
             _ => response.status().as_u16().to_string(),
         };
-        metrics::counter!("orders.refused", "reason" => reason).increment(1);
+        metrics::counter!(ORDERS_REFUSED, "reason" => reason).increment(1);
     }
     response
 }
@@ -217,8 +222,8 @@ mod tests {
     #[tokio::test]
     async fn an_idempotent_replay_is_counted_as_replayed_not_as_a_new_order() {
         let handle = shared::metrics::install();
-        let replaying =
-            Router::new().route("/orders", post(|| async { (StatusCode::ACCEPTED, [(REPLAYED, "true")]) }));
+        let replaying = Router::new()
+            .route("/orders", post(|| async { (StatusCode::ACCEPTED, [(REPLAYED_HEADER, "true")]) }));
         let response = guarded(replaying, REQUEST_TIMEOUT).oneshot(post_orders()).await.expect("infallible");
         assert_eq!(response.status(), StatusCode::ACCEPTED);
         let text = handle.render();

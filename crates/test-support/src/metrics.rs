@@ -27,7 +27,7 @@ pub fn parse_strictly(text: &str) -> Scrape {
         }
         let brace_in_a_label_value =
             line.split_once('{').zip(line.rsplit_once('}')).is_some_and(|((name, _), (labels, value))| {
-                labels.matches('}').count() >= 1
+                labels.contains('}')
                     && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
                     && value.trim().parse::<f64>().is_ok()
             });
