@@ -106,7 +106,7 @@ impl Application {
         let (pool, every) = (self.state.pool.clone(), self.config.lag_poll_interval);
         tasks.spawn_with_shutdown("review backlog", move |stop| store::watch_pending(pool, every, stop));
         let result = tasks.run_until_stopped(Duration::from_secs(15)).await;
-        self.state.nats.flush().await.ok();
+        shared::nats::flush_before_exit(&self.state.nats, Duration::from_secs(2)).await;
         result
     }
 }

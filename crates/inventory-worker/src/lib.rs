@@ -80,12 +80,13 @@ impl Application {
             &config.consumer.name,
             config.lag_poll_interval,
         );
-        let relay = OutboxRelay::new(pool.clone(), jetstream, config.relay.clone());
+        let relay = OutboxRelay::new(pool.clone(), jetstream.clone(), config.relay.clone());
         let handler = reservation::Reservations {
             failures: failure::FailureInjection { random_rate: config.failure_rate },
         };
-        let consumer = IdempotentConsumer::new(consumer, pool.clone(), handler, config.consumer.clone())
-            .with_outbox(relay.waker());
+        let consumer =
+            IdempotentConsumer::new(jetstream, consumer, pool.clone(), handler, config.consumer.clone())
+                .with_outbox(relay.waker());
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
@@ -107,7 +108,7 @@ impl Application {
         tasks.spawn_with_shutdown("lag monitor", |stop| self.lag_monitor.run(stop));
         let result = tasks.run_until_stopped(Duration::from_secs(25)).await;
         // The acks of the last batch may still sit in the client's buffer.
-        self.state.nats.flush().await.ok();
+        shared::nats::flush_before_exit(&self.state.nats, Duration::from_secs(2)).await;
         result
     }
 }

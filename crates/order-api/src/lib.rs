@@ -85,8 +85,9 @@ impl Application {
             &config.worker_consumer,
             config.lag_poll_interval,
         );
-        let relay = OutboxRelay::new(pool.clone(), jetstream, config.relay.clone());
+        let relay = OutboxRelay::new(pool.clone(), jetstream.clone(), config.relay.clone());
         let projection = IdempotentConsumer::new(
+            jetstream,
             consumer,
             pool.clone(),
             projection::StatusProjection,
@@ -121,7 +122,7 @@ impl Application {
         tasks.spawn_with_shutdown("lag monitor", |stop| self.lag_monitor.run(stop));
         let result = tasks.run_until_stopped(Duration::from_secs(15)).await;
         // Acks and publishes still buffered in the client go out before the process exits.
-        self.state.nats.flush().await.ok();
+        shared::nats::flush_before_exit(&self.state.nats, Duration::from_secs(2)).await;
         result
     }
 }

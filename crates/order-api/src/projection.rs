@@ -9,7 +9,7 @@
 use shared::telemetry;
 use shared::{
     consumer::{Delivery, Handler, Incoming, Verdict},
-    messages::OrderEvent,
+    messages::{DecodeError, OrderEvent},
 };
 use sqlx::PgConnection;
 use tracing::Instrument;
@@ -42,6 +42,9 @@ impl Handler for StatusProjection {
     fn prepare(&self, delivery: &Delivery) -> Verdict<OrderEvent> {
         match OrderEvent::decode(&delivery.envelope.event_type, &delivery.message.payload) {
             Ok(event) => Verdict::Process(event),
+            // `order_events` is pub/sub: another service may publish event types this projection
+            // has no use for. Acknowledged and counted (outcome "ignored"), never dead-lettered.
+            Err(err @ DecodeError::UnknownType(_)) => Verdict::Ignore(err.to_string()),
             Err(err) => Verdict::Poison(err.to_string()),
         }
     }

@@ -208,6 +208,15 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
     Ok(number.saturating_mul(factor))
 }
 
+/// A duration that must be longer than zero (Postgres reads a zero timeout as "none").
+fn positive(env: &Env, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let value = env.duration(name, default)?;
+    if value < Duration::from_millis(1) {
+        return Err(ConfigError::new(name, &env.string(name, ""), "must be at least 1ms"));
+    }
+    Ok(value)
+}
+
 /// Where and how to reach Postgres. Each service owns one schema of the one database.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
@@ -218,6 +227,16 @@ pub struct DatabaseConfig {
     /// `DATABASE_ACQUIRE_TIMEOUT`: how long to wait for a connection before treating Postgres
     /// as unavailable (HTTP 503; a worker hands its batch back and stops pulling).
     pub acquire_timeout: Duration,
+    /// `DATABASE_STATEMENT_TIMEOUT`: the longest any one statement may run (Postgres's
+    /// `statement_timeout`). Also bounds, on the client's side, how long a unit of work may wait
+    /// on a server that stopped answering (no TCP keepalive reaches a vanished host sooner).
+    pub statement_timeout: Duration,
+    /// `DATABASE_LOCK_TIMEOUT`: the longest a statement waits for a row lock (`lock_timeout`).
+    /// A row held by someone else fails the one message that needs it, not the whole batch.
+    pub lock_timeout: Duration,
+    /// `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT`: Postgres ends a session that holds a transaction
+    /// open and idle this long (`idle_in_transaction_session_timeout`), releasing its locks.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl DatabaseConfig {
@@ -238,6 +257,13 @@ impl DatabaseConfig {
             url,
             max_connections: env.number("DATABASE_MAX_CONNECTIONS", 10, 1..=1000)?,
             acquire_timeout: env.duration("DATABASE_ACQUIRE_TIMEOUT", Duration::from_secs(3))?,
+            statement_timeout: positive(env, "DATABASE_STATEMENT_TIMEOUT", Duration::from_secs(10))?,
+            lock_timeout: positive(env, "DATABASE_LOCK_TIMEOUT", Duration::from_secs(2))?,
+            idle_in_transaction_timeout: positive(
+                env,
+                "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT",
+                Duration::from_secs(60),
+            )?,
         })
     }
 }
@@ -359,14 +385,18 @@ pub struct ConsumerSettings {
     pub backoff: Vec<Duration>,
     /// Most messages delivered and not yet acknowledged, across all processes sharing the consumer.
     pub max_ack_pending: i64,
+    /// `{prefix}_MAX_IN_PROGRESS`: the longest a batch's work may keep its messages "in
+    /// progress". Past it, what is not done is left for redelivery, and a database that has not
+    /// answered by then counts as unavailable.
+    pub max_in_progress: Duration,
     /// `INSTANCE_ID`: this process, among those sharing the consumer (default: host name and
     /// process ID). Recorded with each processed message.
     pub instance: String,
 }
 
 impl ConsumerSettings {
-    /// Reads `{prefix}_CONSUMER`, `{prefix}_BATCH_SIZE`, `{prefix}_MAX_DELIVER`, `{prefix}_BACKOFF`
-    /// and `{prefix}_MAX_ACK_PENDING`.
+    /// Reads `{prefix}_CONSUMER`, `{prefix}_BATCH_SIZE`, `{prefix}_MAX_DELIVER`, `{prefix}_BACKOFF`,
+    /// `{prefix}_MAX_ACK_PENDING` and `{prefix}_MAX_IN_PROGRESS`.
     pub fn from_env(env: &Env, prefix: &str, default_name: &str) -> Result<Self, ConfigError> {
         let var = |suffix: &str| format!("{prefix}_{suffix}");
         let name = env.string(&var("CONSUMER"), default_name);
@@ -398,6 +428,7 @@ impl ConsumerSettings {
             max_deliver,
             backoff,
             max_ack_pending: env.number(&var("MAX_ACK_PENDING"), 1_000, 1..=100_000)?,
+            max_in_progress: positive(env, &var("MAX_IN_PROGRESS"), Duration::from_secs(30))?,
             instance: env.raw("INSTANCE_ID").unwrap_or_else(default_instance_id),
         })
     }

@@ -32,11 +32,28 @@
 //! captures; the last attempt's error is published beside it. A poison message, which no retry
 //! can fix, is copied to the dead-letter stream and terminated at once.
 //!
-//! If Postgres itself is unreachable, the batch is left unacknowledged and the consumer **stops
-//! pulling** until Postgres answers again, so an outage does not burn every message's delivery
-//! attempts.
+//! If Postgres is down, in any way ([`db::is_unavailable`]: unreachable, read-only, out of disk,
+//! too slow), the batch is left unacknowledged and the consumer **stops pulling** until Postgres
+//! commits a probe write again, so an outage costs each message at most one delivery attempt.
+//!
+//! Every wait is bounded: a batch's work may keep its messages "in progress" for at most
+//! `max_in_progress` (what is not done by then is left for redelivery), a row lock held by
+//! someone else fails only the message that needs it (Postgres's `lock_timeout`, then that
+//! message is retried alone), and a pull that fails (the durable consumer was deleted, the
+//! stream re-created, NATS is away) is retried with a growing pause and the consumer is declared
+//! again if it is gone.
+//!
+//! Acknowledgements go out as soon as the commit is done, before any slower work (dead-letter
+//! copies, last-error notes). On a message's last allowed delivery the ack is confirmed by the
+//! server (a "double ack"): there, a lost ack would not bring the message back but get it
+//! dead-lettered although its work is committed.
 
-use std::{collections::HashSet, fmt::Debug, future::Future, time::Duration};
+use std::{
+    collections::HashSet,
+    fmt::Debug,
+    future::Future,
+    time::{Duration, Instant},
+};
 
 use async_nats::{
     HeaderMap,
@@ -60,8 +77,13 @@ use crate::{
         headers,
     },
     outbox::OutboxWaker,
-    propagation, telemetry,
+    propagation, telemetry, topology,
 };
+
+/// How long a pull waits for a first message before it is sent again. A pull in flight is
+/// allowed to finish when the service stops (see [`IdempotentConsumer::run`]), so this also
+/// bounds how long stopping waits for it.
+pub const LONG_POLL: Duration = Duration::from_secs(2);
 
 /// One delivery of a message, with what the consumer needs to know about it.
 #[derive(Debug)]
@@ -93,6 +115,9 @@ pub enum Verdict<M> {
     Retry(String),
     /// Cannot be processed, however often it is retried.
     Poison(String),
+    /// Not meant for this consumer (for example an event type it does not know, which a newer
+    /// publisher may add): acknowledged and counted, nothing changed.
+    Ignore(String),
 }
 
 /// The service-specific part of a consumer.
@@ -131,6 +156,16 @@ pub enum Disposition<O> {
     Retry { reason: String, delay: Duration },
     /// Unreadable: copied to the dead-letter stream with its reason, then terminated.
     Poison { reason: String },
+    /// Not for this consumer: acknowledged, nothing changed.
+    Ignored { reason: String },
+}
+
+impl<O> Disposition<O> {
+    /// Whether this delivery is done with (its work committed, or nothing to do): it is
+    /// acknowledged at once.
+    fn is_settled_by_ack(&self) -> bool {
+        matches!(self, Self::Applied(_) | Self::Duplicate | Self::Ignored { .. })
+    }
 }
 
 #[derive(Debug)]
@@ -149,6 +184,8 @@ pub enum ConsumerError {
 /// Runs a [`Handler`] over a durable pull consumer. See the module docs.
 #[derive(Debug)]
 pub struct IdempotentConsumer<H> {
+    /// To declare the durable consumer again if it disappears.
+    jetstream: jetstream::Context,
     consumer: PullConsumer,
     pool: PgPool,
     handler: H,
@@ -157,8 +194,14 @@ pub struct IdempotentConsumer<H> {
 }
 
 impl<H: Handler> IdempotentConsumer<H> {
-    pub fn new(consumer: PullConsumer, pool: PgPool, handler: H, settings: ConsumerSettings) -> Self {
-        Self { consumer, pool, handler, settings, outbox: None }
+    pub fn new(
+        jetstream: jetstream::Context,
+        consumer: PullConsumer,
+        pool: PgPool,
+        handler: H,
+        settings: ConsumerSettings,
+    ) -> Self {
+        Self { jetstream, consumer, pool, handler, settings, outbox: None }
     }
 
     /// Wake this outbox relay after every commit (the handler writes outcome events).
@@ -167,28 +210,35 @@ impl<H: Handler> IdempotentConsumer<H> {
         self
     }
 
-    /// Pulls and processes batches until `shutdown` is cancelled. The batch in hand when it is
-    /// cancelled is finished and acknowledged first.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let name = &self.settings.name;
+    /// Pulls and processes batches until `shutdown` is cancelled.
+    ///
+    /// A pull in flight when `shutdown` comes is allowed to finish (within [`LONG_POLL`]), and
+    /// what it delivered is processed and acknowledged: a message delivered to a process that
+    /// drops it would come back only after its ack wait, one delivery attempt poorer.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut failed_pulls = 0;
         while !shutdown.is_cancelled() {
-            let batch = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                batch = pull_batch(&self.consumer, self.settings.batch_size) => batch,
-            };
-            let messages = match batch {
-                Ok(messages) if messages.is_empty() => continue,
-                Ok(messages) => messages,
+            let Some(pulled) = self.pull_unless_stopped(&shutdown).await else { return };
+            let messages = match pulled {
+                Ok(messages) => {
+                    failed_pulls = 0;
+                    messages
+                }
                 Err(err) => {
-                    tracing::warn!(consumer = %name, error = %err, "pull failed; retrying");
-                    crate::shutdown::sleep_or_cancel(Duration::from_secs(1), &shutdown).await;
+                    failed_pulls += 1;
+                    let pause = pull_retry_pause(failed_pulls);
+                    tracing::warn!(consumer = %self.settings.name, error = %err, retry_in = ?pause, "pull failed");
+                    self.declare_again_if_gone().await;
+                    crate::shutdown::sleep_or_cancel(pause, &shutdown).await;
                     continue;
                 }
             };
+            if messages.is_empty() {
+                continue;
+            }
             if let Err(ConsumerError::DatabaseUnavailable(err)) = self.process(messages).await {
                 tracing::warn!(
-                    consumer = %name,
+                    consumer = %self.settings.name,
                     error = %err,
                     "Postgres is unavailable: stopped pulling until it is back"
                 );
@@ -196,6 +246,49 @@ impl<H: Handler> IdempotentConsumer<H> {
                 // their remaining delivery attempts.
                 self.wait_for_database(&shutdown).await;
             }
+        }
+    }
+
+    /// One pull. When `shutdown` comes while it waits, the pull is given a little longer to
+    /// answer, as a server that is there answers within [`LONG_POLL`]; `None` if it does not
+    /// (NATS is away, and nothing can have been delivered).
+    async fn pull_unless_stopped(
+        &self,
+        shutdown: &CancellationToken,
+    ) -> Option<Result<Vec<jetstream::Message>, async_nats::Error>> {
+        let pull = pull_batch(&self.consumer, self.settings.batch_size);
+        let mut pull = std::pin::pin!(pull);
+        tokio::select! {
+            pulled = &mut pull => Some(pulled),
+            _ = shutdown.cancelled() => {
+                tokio::time::timeout(LONG_POLL + Duration::from_millis(500), pull).await.ok()
+            }
+        }
+    }
+
+    /// After a failed pull: if the durable consumer no longer exists (an operator deleted it,
+    /// or its stream was deleted and created again), declares it again as the topology defines
+    /// it, so the service heals by itself instead of pulling from nothing.
+    async fn declare_again_if_gone(&mut self) {
+        if let Ok(Ok(_)) = tokio::time::timeout(NATS_REQUEST_TIMEOUT, self.consumer.get_info()).await {
+            return; // It exists: the pull failed for another reason (NATS away, …).
+        }
+        let info = self.consumer.cached_info();
+        let (stream, filter) = (info.stream_name.clone(), info.config.filter_subject.clone());
+        let config = topology::durable_consumer_config(&self.settings, &filter);
+        let declare = async {
+            let stream = self.jetstream.get_stream(&stream).await.map_err(async_nats::Error::from)?;
+            stream.create_consumer(config).await.map_err(async_nats::Error::from)
+        };
+        match tokio::time::timeout(NATS_REQUEST_TIMEOUT, declare).await {
+            Ok(Ok(consumer)) => {
+                tracing::warn!(consumer = %self.settings.name, %stream, "durable consumer was missing: declared it again");
+                self.consumer = consumer;
+            }
+            Ok(Err(err)) => {
+                tracing::warn!(consumer = %self.settings.name, %stream, error = %err, "could not declare the consumer again")
+            }
+            Err(_) => tracing::warn!(consumer = %self.settings.name, %stream, "NATS did not answer in time"),
         }
     }
 
@@ -260,6 +353,7 @@ impl<H: Handler> IdempotentConsumer<H> {
                     done.push((delivery, Disposition::Retry { reason, delay }));
                 }
                 Verdict::Poison(reason) => done.push((delivery, Disposition::Poison { reason })),
+                Verdict::Ignore(reason) => done.push((delivery, Disposition::Ignored { reason })),
             }
         }
 
@@ -280,9 +374,7 @@ impl<H: Handler> IdempotentConsumer<H> {
                 for (delivery, _) in &to_apply {
                     telemetry::record_error(&delivery.span, "database_unavailable", &err.to_string());
                 }
-                for (delivery, disposition) in &done {
-                    self.settle(delivery, disposition).await;
-                }
+                self.settle_all(&done).await;
                 return Err(ConsumerError::DatabaseUnavailable(err));
             }
         };
@@ -294,22 +386,36 @@ impl<H: Handler> IdempotentConsumer<H> {
 
         // The transaction is committed: only now acknowledge.
         done.extend(to_apply.into_iter().map(|(delivery, _)| delivery).zip(applied));
-        let mut report = Vec::with_capacity(done.len());
-        for (delivery, disposition) in done {
-            self.settle(&delivery, &disposition).await;
-            self.count(&delivery, &disposition, started.elapsed());
-            report.push(Processed {
-                stream_sequence: delivery.stream_sequence,
-                message_id: (!delivery.envelope.id.is_nil()).then_some(delivery.envelope.id),
-                disposition,
-            });
-        }
+        self.settle_all(&done).await;
+        let report = done
+            .into_iter()
+            .map(|(delivery, disposition)| {
+                self.count(&delivery, &disposition, started.elapsed());
+                Processed {
+                    stream_sequence: delivery.stream_sequence,
+                    message_id: (!delivery.envelope.id.is_nil()).then_some(delivery.envelope.id),
+                    disposition,
+                }
+            })
+            .collect();
         Ok(report)
+    }
+
+    /// Settles a batch: every acknowledgement first, all at once, then the slower work (copies
+    /// and notes sent to the dead-letter stream, each waiting for its PubAck). Committed
+    /// messages must not wait behind that work: unacknowledged past their ack wait, they
+    /// would be delivered again.
+    async fn settle_all(&self, done: &[(Delivery, Disposition<H::Outcome>)]) {
+        let (acks, rest): (Vec<_>, Vec<_>) = done.iter().partition(|(_, d)| d.is_settled_by_ack());
+        futures::future::join_all(acks.into_iter().map(|(delivery, d)| self.settle(delivery, d))).await;
+        futures::future::join_all(rest.into_iter().map(|(delivery, d)| self.settle(delivery, d))).await;
     }
 
     /// Records the batch's IDs and applies the new messages in one transaction, retrying on
     /// deadlocks. If the batch fails for another reason, each message is tried alone, so one
-    /// message the database refuses cannot sink the others.
+    /// message the database refuses (or whose rows someone else holds locked) cannot sink the
+    /// others. All of it within `max_in_progress`: what is not done by then is left for
+    /// redelivery.
     async fn apply(
         &self,
         batch: &[(Delivery, H::Message)],
@@ -317,7 +423,8 @@ impl<H: Handler> IdempotentConsumer<H> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let err = match self.apply_in_transaction(batch).await {
+        let deadline = Instant::now() + self.settings.max_in_progress;
+        let err = match self.apply_before(deadline, batch).await {
             Ok(dispositions) => return Ok(dispositions),
             Err(err) if db::is_unavailable(&err) => return Err(err),
             Err(err) => err,
@@ -328,13 +435,36 @@ impl<H: Handler> IdempotentConsumer<H> {
         tracing::warn!(error = %err, size = batch.len(), "batch failed; applying its messages one by one");
         let mut dispositions = Vec::with_capacity(batch.len());
         for one in batch.chunks(1) {
-            match self.apply_in_transaction(one).await {
+            if Instant::now() >= deadline {
+                dispositions.push(Disposition::Retry {
+                    reason: "not tried: the batch ran out of time".to_owned(),
+                    delay: self.settings.delay_after(one[0].0.attempt),
+                });
+                continue;
+            }
+            match self.apply_before(deadline, one).await {
                 Ok(mut applied) => dispositions.append(&mut applied),
                 Err(err) if db::is_unavailable(&err) => return Err(err),
                 Err(err) => dispositions.push(self.refused(&one[0].0, &err)),
             }
         }
         Ok(dispositions)
+    }
+
+    /// One transaction, given up at `deadline`. A server that has not answered by then counts as
+    /// unavailable (a timed-out I/O error): nothing else bounds a wait on a host that vanished.
+    async fn apply_before(
+        &self,
+        deadline: Instant,
+        batch: &[(Delivery, H::Message)],
+    ) -> Result<Vec<Disposition<H::Outcome>>, sqlx::Error> {
+        match tokio::time::timeout_at(deadline.into(), self.apply_in_transaction(batch)).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("Postgres did not finish the transaction within {:?}", self.settings.max_in_progress),
+            ))),
+        }
     }
 
     /// A message the database refused: retried after a pause, like any failed attempt.
@@ -416,11 +546,16 @@ impl<H: Handler> IdempotentConsumer<H> {
         match disposition {
             Disposition::Applied(outcome) => {
                 span.record("outcome", format!("{outcome:?}"));
-                self.ack(message).instrument(span.clone()).await;
+                self.ack(delivery).instrument(span.clone()).await;
             }
             Disposition::Duplicate => {
                 span.record("outcome", "duplicate");
-                self.ack(message).instrument(span.clone()).await;
+                self.ack(delivery).instrument(span.clone()).await;
+            }
+            Disposition::Ignored { reason } => {
+                span.record("outcome", "ignored");
+                span.in_scope(|| tracing::info!(%consumer, %reason, "message ignored"));
+                self.ack(delivery).instrument(span.clone()).await;
             }
             Disposition::Retry { reason, delay } => {
                 telemetry::record_error(span, "attempt_failed", reason);
@@ -468,6 +603,7 @@ impl<H: Handler> IdempotentConsumer<H> {
             Disposition::Duplicate => "duplicate",
             Disposition::Retry { .. } => "failed",
             Disposition::Poison { .. } => "poison",
+            Disposition::Ignored { .. } => "ignored",
         };
         let labels = [
             ("messaging_system", "nats".to_owned()),
@@ -479,12 +615,33 @@ impl<H: Handler> IdempotentConsumer<H> {
         metrics::histogram!(crate::metrics::PROCESS_DURATION, &labels).record(elapsed.as_secs_f64());
     }
 
-    async fn ack(&self, message: &jetstream::Message) {
-        // Not waiting for the server's confirmation: if this ack is lost, the message comes
-        // back and is recognised as a duplicate.
-        if let Err(err) = message.ack().await {
-            tracing::warn!(consumer = %self.settings.name, error = %err, "ack failed; the message will be redelivered");
+    async fn ack(&self, delivery: &Delivery) {
+        let message = &delivery.message;
+        let consumer = &self.settings.name;
+        if delivery.attempt < self.settings.max_deliver.unsigned_abs() {
+            // Not waiting for the server's confirmation: if this ack is lost, the message comes
+            // back and is recognised as a duplicate.
+            if let Err(err) = message.ack().await {
+                tracing::warn!(%consumer, error = %err, "ack failed; the message will be redelivered");
+            }
+            return;
         }
+        // The last allowed delivery: a lost ack would not bring the message back, JetStream
+        // would dead-letter it although its work is committed. Wait for the server to confirm.
+        for _ in 0..3 {
+            match tokio::time::timeout(NATS_REQUEST_TIMEOUT, message.double_ack()).await {
+                Ok(Ok(())) => return,
+                Ok(Err(err)) => {
+                    tracing::warn!(%consumer, error = %err, "ack not confirmed; sending it again")
+                }
+                Err(_) => tracing::warn!(%consumer, "ack not confirmed in time; sending it again"),
+            }
+        }
+        tracing::error!(
+            %consumer,
+            stream_sequence = delivery.stream_sequence,
+            "could not confirm the ack of a committed message on its last delivery: it may be dead-lettered, and a replay will find it already applied"
+        );
     }
 
     /// Publishes `payload` to a dead-letter subject with headers saying where `message` came
@@ -527,22 +684,39 @@ impl<H: Handler> IdempotentConsumer<H> {
     }
 }
 
+/// How long a request to NATS (a confirmed ack, consumer info, a declaration) may take.
+const NATS_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The pause after `failures` pulls in a row failed: 100 ms, doubling, at most 5 s. Never
+/// zero: a consumer whose pulls fail at once must not spin.
+fn pull_retry_pause(failures: u32) -> Duration {
+    Duration::from_millis(100)
+        .saturating_mul(1 << failures.clamp(1, 7).saturating_sub(1))
+        .min(Duration::from_secs(5))
+}
+
 /// Waits for a first message, then takes whatever else is ready, up to `size`.
 ///
 /// Pulling only when ready to process is what makes stopping safe: no message is delivered
 /// to this process while it works on a batch or waits for Postgres, so none sits in a
 /// buffer here while its ack timer runs out and burns a delivery attempt.
+///
+/// An error status from the server (the consumer is gone, no responders, …) is an error, unless
+/// messages came before it: those are returned, to be processed.
 pub async fn pull_batch(
     consumer: &PullConsumer,
     size: usize,
 ) -> Result<Vec<jetstream::Message>, async_nats::Error> {
-    let mut messages = collect(consumer.fetch().max_messages(size).messages().await?).await;
+    let mut messages = collect(consumer.fetch().max_messages(size).messages().await?).await?;
     if messages.is_empty() {
-        // Long poll: answers as soon as one message arrives, or empty after `expires`.
-        let first = consumer.batch().max_messages(1).expires(Duration::from_secs(5)).messages().await?;
-        messages = collect(first).await;
+        // Long poll: answers as soon as one message arrives, or empty after `LONG_POLL`.
+        let first = consumer.batch().max_messages(1).expires(LONG_POLL).messages().await?;
+        messages = collect(first).await?;
         if !messages.is_empty() && size > 1 {
-            messages.extend(collect(consumer.fetch().max_messages(size - 1).messages().await?).await);
+            // Whatever this adds is a bonus: the message in hand is processed either way.
+            if let Ok(more) = consumer.fetch().max_messages(size - 1).messages().await {
+                messages.extend(collect(more).await.unwrap_or_default());
+            }
         }
     }
     Ok(messages)
@@ -570,14 +744,22 @@ async fn keep_alive<'a, T>(
 
 /// The messages of one pull. A pull whose answer is lost (the connection dropped meanwhile) is
 /// given up after a while; what it did deliver is kept.
-async fn collect(batch: jetstream::consumer::pull::Batch) -> Vec<jetstream::Message> {
-    batch
-        .take_until(tokio::time::sleep(Duration::from_secs(10)))
-        .filter_map(
-            |item| async move { item.map_err(|err| tracing::debug!(error = %err, "pull status")).ok() },
-        )
-        .collect()
-        .await
+async fn collect(
+    batch: jetstream::consumer::pull::Batch,
+) -> Result<Vec<jetstream::Message>, async_nats::Error> {
+    let mut items = std::pin::pin!(batch.take_until(tokio::time::sleep(Duration::from_secs(10))));
+    let mut messages = Vec::new();
+    while let Some(item) = items.next().await {
+        match item {
+            Ok(message) => messages.push(message),
+            Err(err) if messages.is_empty() => return Err(err),
+            Err(err) => {
+                tracing::warn!(error = %err, delivered = messages.len(), "pull ended with an error; processing what it delivered");
+                break;
+            }
+        }
+    }
+    Ok(messages)
 }
 
 /// Terminates a message with a reason (`+TERM <reason>`, servers >= 2.10.4); async-nats has no

@@ -40,6 +40,9 @@ pub enum DbError {
 
 /// Connects a pool whose connections work in `schema`, creating the database if it is missing,
 /// and brings the schema up to date (shared tables first, then the service's own).
+///
+/// Every connection of the pool carries bounded waits (see [`DatabaseConfig`]): no statement,
+/// lock wait or idle transaction can hold a worker, a request or a row forever.
 pub async fn connect_and_migrate(
     config: &DatabaseConfig,
     schema: &'static str,
@@ -47,22 +50,39 @@ pub async fn connect_and_migrate(
 ) -> Result<PgPool, DbError> {
     let options: PgConnectOptions = config.url.parse().map_err(DbError::Connect)?;
     create_database_if_missing(&options).await?;
+    let in_schema_options = options.options([("search_path", schema)]);
+    migrate(&in_schema_options, schema, service_migrations).await?;
 
-    let pool = PgPoolOptions::new()
+    let millis = |d: std::time::Duration| d.as_millis().to_string();
+    PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
-        .connect_with(options.options([("search_path", schema)]))
+        .connect_with(in_schema_options.options([
+            ("statement_timeout", millis(config.statement_timeout)),
+            ("lock_timeout", millis(config.lock_timeout)),
+            ("idle_in_transaction_session_timeout", millis(config.idle_in_transaction_timeout)),
+        ]))
         .await
-        .map_err(DbError::Connect)?;
+        .map_err(DbError::Connect)
+}
 
-    for (set, migrator) in [("shared", &SHARED_MIGRATIONS), ("service", service_migrations)] {
-        in_schema(migrator, schema, set).run(&pool).await.map_err(|source| DbError::Migrate {
+/// Runs both migration sets on a connection of its own, without the pool's timeouts: a
+/// migration may rightly take longer than any request is allowed to.
+async fn migrate(
+    options: &PgConnectOptions,
+    schema: &'static str,
+    service: &Migrator,
+) -> Result<(), DbError> {
+    let mut conn = PgConnection::connect_with(options).await.map_err(DbError::Connect)?;
+    for (set, migrator) in [("shared", &SHARED_MIGRATIONS), ("service", service)] {
+        in_schema(migrator, schema, set).run(&mut conn).await.map_err(|source| DbError::Migrate {
             schema: schema.to_owned(),
             set,
             source,
         })?;
     }
-    Ok(pool)
+    conn.close().await.ok();
+    Ok(())
 }
 
 /// A copy of `migrator` that creates `schema` and tracks itself in a table inside it.
@@ -111,21 +131,35 @@ pub fn is_retryable_conflict(err: &sqlx::Error) -> bool {
     has_code(err, &["40P01", "40001"])
 }
 
-/// Errors that mean "Postgres is not reachable right now" rather than "this request is wrong":
-/// worth waiting out, and answered with 503 rather than 500.
+/// Errors that mean "Postgres cannot do work right now" rather than "this request is wrong":
+/// worth waiting out (a consumer stops pulling, so the outage costs its messages at most one
+/// delivery attempt), and answered with 503 rather than 500.
+///
+/// Not only a lost connection: a database that is up but refuses writes is just as down for
+/// this system. A lock wait that timed out (55P03) is *not* here: it concerns the rows of one
+/// message, and the consumer retries that message alone.
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
     match err {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed => true,
         sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
-        // 57P01 admin_shutdown, 57P02 crash_shutdown, 57P03 cannot_connect_now, 08xxx connection.
-        sqlx::Error::Database(db) => {
-            db.code().is_some_and(|code: Cow<'_, str>| code.starts_with("08") || code.starts_with("57P"))
-        }
+        sqlx::Error::Database(db) => db.code().is_some_and(|code: Cow<'_, str>| {
+            OUTAGE_CLASSES.iter().any(|class| code.starts_with(class))
+                || OUTAGE_CODES.contains(&code.as_ref())
+        }),
         _ => false,
     }
 }
 
-/// Whether Postgres answers a trivial query within a second.
+/// SQLSTATE classes of an outage: 08 connection exception, 53 insufficient resources (disk
+/// full, out of memory, too many connections), 57P operator intervention (shutdown, restart,
+/// cannot connect now), 58 system error (I/O).
+const OUTAGE_CLASSES: [&str; 4] = ["08", "53", "57P", "58"];
+/// Single SQLSTATE codes of an outage: 25006 read-only transaction (a standby, or a database
+/// turned read-only after a failover), 57014 statement timeout (a server too slow to work),
+/// 25P03 idle-in-transaction timeout (the session was ended under us).
+const OUTAGE_CODES: [&str; 3] = ["25006", "57014", "25P03"];
+
+/// Whether Postgres answers a trivial query within a second (for readiness).
 pub async fn ping(pool: &PgPool) -> bool {
     matches!(
         tokio::time::timeout(Duration::from_secs(1), sqlx::query("SELECT 1").execute(pool)).await,
@@ -133,9 +167,23 @@ pub async fn ping(pool: &PgPool) -> bool {
     )
 }
 
-/// Returns once Postgres answers again (checking every second), or when `shutdown` is cancelled.
+/// Whether Postgres commits a write within a few seconds. A read would succeed on a database
+/// that is read-only or out of disk, so the probe is a real, committed write: it upserts one
+/// row of `processed_messages` under a consumer name no consumer uses.
+pub async fn accepts_writes(pool: &PgPool) -> bool {
+    let probe = sqlx::query(
+        "INSERT INTO processed_messages (consumer, message_id, processed_by)
+         VALUES ('(write probe)', '00000000-0000-0000-0000-000000000000', 'probe')
+         ON CONFLICT (consumer, message_id) DO UPDATE SET processed_at = now()",
+    )
+    .execute(pool);
+    matches!(tokio::time::timeout(Duration::from_secs(5), probe).await, Ok(Ok(_)))
+}
+
+/// Returns once Postgres commits writes again (probing every second), or when `shutdown` is
+/// cancelled.
 pub async fn wait_until_available(pool: &PgPool, shutdown: &tokio_util::sync::CancellationToken) {
-    while !shutdown.is_cancelled() && !ping(pool).await {
+    while !shutdown.is_cancelled() && !accepts_writes(pool).await {
         crate::shutdown::sleep_or_cancel(Duration::from_secs(1), shutdown).await;
     }
 }

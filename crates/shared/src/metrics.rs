@@ -125,10 +125,14 @@ impl LagMonitor {
         self.lag.clone()
     }
 
-    /// Polls until `shutdown` is cancelled.
+    /// Polls until `shutdown` is cancelled. A poll in flight is abandoned at shutdown: with
+    /// NATS away it would wait out its request timeouts, and nothing depends on its answer.
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            self.poll().await;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.poll() => {}
+            }
             crate::shutdown::sleep_or_cancel(self.interval, &shutdown).await;
         }
     }

@@ -45,6 +45,23 @@ pub async fn connect(
     }
 }
 
+/// Sends what the client still buffers (acks, publishes) before the process exits, waiting at
+/// most `limit`: with NATS away, an unbounded flush would keep a stopping service alive until
+/// NATS came back.
+pub async fn flush_before_exit(client: &Client, limit: Duration) {
+    if !is_connected(client) {
+        tracing::warn!("not connected to NATS: exiting without flushing what the client buffers");
+        return;
+    }
+    match tokio::time::timeout(limit, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "could not flush the NATS connection before exiting"),
+        Err(_) => {
+            tracing::warn!(?limit, "NATS did not take the last buffered messages in time; exiting anyway")
+        }
+    }
+}
+
 /// Whether the client is connected right now (for readiness checks).
 pub fn is_connected(client: &Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected

@@ -10,12 +10,17 @@ use std::{future::Future, time::Duration};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Cancels `token` when the process receives SIGTERM or Ctrl-C.
+/// Cancels `token` when the process receives SIGTERM or Ctrl-C. A second signal ends the
+/// process at once (exit code 130): whoever sends it has decided not to wait for the grace
+/// period, and a service that ignored it would have to be killed.
 pub fn cancel_on_signal(token: CancellationToken) {
     tokio::spawn(async move {
         signal().await;
         tracing::info!("shutdown requested");
         token.cancel();
+        signal().await;
+        tracing::warn!("second shutdown signal: exiting now, without waiting for work in hand");
+        std::process::exit(130);
     });
 }
 

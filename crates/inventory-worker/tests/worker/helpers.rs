@@ -4,13 +4,15 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use chrono::Utc;
-use inventory_worker::{Application, Config};
+use inventory_worker::{Application, Config, reservation::Reservations};
 use shared::{
     config::Env,
-    messages::{OrderItem, OrderPlaced, OutgoingMessage},
+    consumer::IdempotentConsumer,
+    messages::{OrderItem, OrderPlaced, OutgoingMessage, subjects::ORDERS_NEW},
+    topology::{self, ORDERS_STREAM},
 };
 use sqlx::PgPool;
-use test_support::{NatsServer, TestDatabase, http::InventoryApi};
+use test_support::{NatsServer, TestDatabase, http::InventoryApi, wait_until};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -97,3 +99,49 @@ pub async fn processed_count(pool: &PgPool, message_id: Uuid) -> i64 {
 }
 
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// An idempotent consumer of the worker's durable consumer, built as the worker builds it but
+/// not running: a test drives it one batch at a time, or runs it itself.
+pub struct OwnConsumer {
+    pub js: jetstream::Context,
+    pub pool: PgPool,
+    pub pull: jetstream::consumer::PullConsumer,
+    pub consumer: IdempotentConsumer<Reservations>,
+}
+
+pub async fn own_consumer(nats: &NatsServer, db: &TestDatabase) -> OwnConsumer {
+    let (nats_url, db_url) = (nats.url(), db.url());
+    let config = Config::from_env(&env(&nats_url, &db_url, &[])).expect("test configuration");
+    let js = nats.jetstream().await;
+    let pool = inventory_worker::connect_database(&config.database).await.expect("database");
+    topology::ensure_streams(&js, &config.nats).await.expect("streams");
+    let pull =
+        topology::ensure_consumer(&js, ORDERS_STREAM, ORDERS_NEW, &config.consumer).await.expect("consumer");
+    let consumer = IdempotentConsumer::new(
+        js.clone(),
+        pull.clone(),
+        pool.clone(),
+        Reservations::default(),
+        config.consumer,
+    );
+    OwnConsumer { js, pool, pull, consumer }
+}
+
+/// Every MAX_DELIVERIES advisory from now on: a message that exhausted its deliveries.
+pub async fn max_deliveries_advisories(nats: &NatsServer) -> async_nats::Subscriber {
+    nats.client().await.subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>").await.expect("subscribe")
+}
+
+/// Asserts that no message exhausts its deliveries in the next half second.
+pub async fn assert_no_dead_letter(advisories: &mut async_nats::Subscriber) {
+    let next = tokio::time::timeout(Duration::from_millis(500), futures::StreamExt::next(advisories)).await;
+    assert!(next.is_err(), "no message may exhaust its deliveries: {next:?}");
+}
+
+/// Waits until `sku` has `units` reserved, as the worker's stock API shows it.
+pub async fn wait_for_reserved(inventory: &InventoryApi, sku: &str, units: i64, timeout: Duration) {
+    wait_until(&format!("{units} units of {sku} are reserved"), timeout, || async {
+        (inventory.get(sku).await.reserved == units).then_some(())
+    })
+    .await;
+}

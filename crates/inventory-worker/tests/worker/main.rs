@@ -1,6 +1,7 @@
 //! inventory-worker against a real nats-server and a real Postgres, in-process.
 #![allow(clippy::unwrap_used)] // A test that cannot go on should panic, loudly.
 
+mod faults;
 mod helpers;
 mod outage;
 mod reservations;

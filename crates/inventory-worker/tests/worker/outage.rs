@@ -3,7 +3,6 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use test_support::{NatsServer, PostgresServer, TestDatabase, wait_until};
 
 use crate::helpers::*;
@@ -17,14 +16,10 @@ async fn while_postgres_is_down_the_worker_stops_pulling_and_every_order_survive
     // worker that kept pulling through the outage would exhaust every attempt within a second.
     let worker = spawn_worker(&nats, &db, &[("DATABASE_ACQUIRE_TIMEOUT", "200ms")]).await;
     let js = nats.jetstream().await;
-    let mut advisories =
-        nats.client().await.subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>").await.unwrap();
+    let mut advisories = max_deliveries_advisories(&nats).await;
 
     publish_order(&js, &order(&[("WIDGET-1", 1)])).await;
-    wait_until("the worker works", EVENT_TIMEOUT, || async {
-        (worker.inventory.get("WIDGET-1").await.reserved == 1).then_some(())
-    })
-    .await;
+    wait_for_reserved(&worker.inventory, "WIDGET-1", 1, EVENT_TIMEOUT).await;
 
     postgres.stop();
     let mut first_sequence = None;
@@ -50,8 +45,5 @@ async fn while_postgres_is_down_the_worker_stops_pulling_and_every_order_survive
         (reserved.reserved == 11).then_some(())
     })
     .await;
-    assert!(
-        tokio::time::timeout(Duration::from_millis(100), advisories.next()).await.is_err(),
-        "no message exhausted its deliveries"
-    );
+    assert_no_dead_letter(&mut advisories).await;
 }

@@ -2,14 +2,11 @@
 //! retried with backoff and finally left to JetStream's max-deliveries.
 
 use futures::StreamExt;
-use inventory_worker::{
-    Config,
-    reservation::{Decision, Reservations},
-};
+use inventory_worker::reservation::Decision;
 use shared::{
-    consumer::{Disposition, IdempotentConsumer},
+    consumer::Disposition,
     messages::{OrderRejected, OrderReserved, OutgoingMessage, dead_letter, decode, subjects::ORDERS_NEW},
-    topology::{self, ORDERS_STREAM},
+    topology::ORDERS_STREAM,
 };
 use test_support::{NatsServer, TestDatabase, wait_until};
 use uuid::Uuid;
@@ -140,14 +137,7 @@ async fn an_unknown_sku_is_rejected() {
 async fn a_flaky_order_fails_its_first_delivery_and_is_reserved_on_the_second() {
     let nats = NatsServer::start().await;
     let db = TestDatabase::new();
-    let (nats_url, db_url) = (nats.url(), db.url());
-    let config = Config::from_env(&env(&nats_url, &db_url, &[])).unwrap();
-    let js = nats.jetstream().await;
-    let pool = inventory_worker::connect_database(&config.database).await.unwrap();
-    topology::ensure_streams(&js, &config.nats).await.unwrap();
-    let pull = topology::ensure_consumer(&js, ORDERS_STREAM, ORDERS_NEW, &config.consumer).await.unwrap();
-    let consumer =
-        IdempotentConsumer::new(pull.clone(), pool, Reservations::default(), config.consumer.clone());
+    let OwnConsumer { js, pull, consumer, .. } = own_consumer(&nats, &db).await;
 
     publish_order(&js, &order(&[("FLAKY-1", 3)])).await;
     let next_batch = || async {

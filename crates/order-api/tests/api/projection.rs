@@ -144,3 +144,35 @@ async fn an_unreadable_event_does_not_stop_the_projection() {
     publish(&app, &reserved(id.parse().unwrap())).await;
     wait_for_status(&app, &id, "reserved").await;
 }
+
+/// `order_events` is pub/sub: a newer service may publish event types this projection does not
+/// know. They are acknowledged and ignored, never dead-lettered; the events after them still
+/// count.
+#[tokio::test]
+async fn an_unknown_event_type_is_acknowledged_and_ignored() {
+    let app = spawn_app().await;
+    let id = app.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
+    let mut newcomer = reserved(id.parse().unwrap());
+    newcomer.subject = "order_events.gift_wrapped".into();
+    newcomer.headers.insert(shared::messages::headers::TYPE.into(), "com.example.order.gift_wrapped".into());
+    let client = app.nats.client().await;
+    let mut poison = client.subscribe(shared::messages::dead_letter::POISON_SUBJECT).await.unwrap();
+
+    publish(&app, &newcomer).await;
+    publish(&app, &reserved(id.parse().unwrap())).await;
+
+    wait_for_status(&app, &id, "reserved").await;
+    let js = app.nats.jetstream().await;
+    wait_until("both events are acknowledged", Duration::from_secs(15), || async {
+        let stream = js.get_stream("order_events").await.ok()?;
+        let info = stream.consumer_info("order-api-projection").await.ok()?;
+        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), futures::StreamExt::next(&mut poison))
+            .await
+            .is_err(),
+        "an unknown event type is not poison"
+    );
+}
