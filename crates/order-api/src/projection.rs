@@ -5,6 +5,10 @@
 //! idempotently, with the same [`IdempotentConsumer`](shared::consumer::IdempotentConsumer) the
 //! inventory-worker uses: a redelivered event finds its ID in `processed_messages` and changes
 //! nothing.
+//!
+//! `order_events` is pub/sub, open to any publisher: an event type this projection does not know
+//! is acknowledged and counted (`outcome="ignored"`), not treated as poison, so a new event type
+//! added elsewhere cannot dead-letter its messages here.
 
 use shared::telemetry;
 use shared::{
