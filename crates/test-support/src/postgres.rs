@@ -145,9 +145,32 @@ impl PostgresServer {
         .await;
     }
 
+    /// Freezes the server and every session of it (SIGSTOP), as a host that vanished from the
+    /// network would look: connections stay open, and nothing answers. [`thaw`](Self::thaw) undoes it.
+    pub fn freeze(&self) {
+        self.signal_all("STOP");
+    }
+
+    pub fn thaw(&self) {
+        self.signal_all("CONT");
+    }
+
+    /// Sends `signal` to the postmaster (its PID is the first line of `postmaster.pid`) and to
+    /// every process it started.
+    fn signal_all(&self, signal: &str) {
+        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid")).expect("postmaster.pid");
+        let postmaster = pid_file.lines().next().expect("postmaster PID").trim().to_owned();
+        let children = Command::new("pgrep").args(["-P", &postmaster]).output().expect("run pgrep");
+        let mut pids = vec![postmaster];
+        pids.extend(String::from_utf8_lossy(&children.stdout).split_whitespace().map(str::to_owned));
+        let status = Command::new("kill").arg(format!("-{signal}")).args(&pids).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} {pids:?} failed");
+    }
+
     /// Stops the server at once (`-m immediate`): clients see their connections drop.
     pub fn stop(&mut self) {
         if self.running {
+            self.thaw(); // A frozen server cannot stop.
             run_as_postgres(
                 &self.bin,
                 "pg_ctl",

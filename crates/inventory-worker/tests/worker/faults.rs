@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use async_nats::jetstream;
 use shared::{messages::OutgoingMessage, topology::ORDERS_STREAM};
 use sqlx::{Connection, PgConnection};
 use test_support::{NatsServer, PostgresServer, TestDatabase, wait_until};
@@ -162,4 +163,44 @@ async fn an_order_reserved_on_its_last_delivery_is_not_dead_lettered() {
     })
     .await;
     assert_no_dead_letter(&mut advisories).await;
+}
+
+/// A Postgres host that vanished (frozen: connections open, nothing answers) must not keep the
+/// batch in hand "in progress" for ever: after `WORKER_MAX_IN_PROGRESS` the worker gives it
+/// back to JetStream and stops pulling until Postgres answers.
+#[tokio::test]
+async fn a_frozen_database_does_not_keep_messages_in_progress_past_the_cap() {
+    let nats = NatsServer::start().await;
+    let postgres = PostgresServer::start().await;
+    let db = TestDatabase::on(&postgres.admin_url());
+    let worker = spawn_worker(
+        &nats,
+        &db,
+        &[("WORKER_MAX_IN_PROGRESS", "1s"), ("WORKER_MAX_DELIVER", "5"), ("WORKER_BACKOFF", "500ms")],
+    )
+    .await;
+    let js = nats.jetstream().await;
+    publish_order(&js, &order(&[("WIDGET-1", 1)])).await;
+    wait_for_reserved(&worker.inventory, "WIDGET-1", 1, EVENT_TIMEOUT).await;
+
+    postgres.freeze();
+    publish_order(&js, &order(&[("WIDGET-1", 2)])).await;
+    wait_until("the worker took the order", EVENT_TIMEOUT, || async {
+        let (pending, ack_pending, _) = consumer_state(&js).await;
+        (pending == 0 && ack_pending == 1).then_some(())
+    })
+    .await;
+    // Another worker (here, the test) can take it: it is no longer kept in progress.
+    let consumer =
+        js.get_stream(ORDERS_STREAM).await.unwrap().get_consumer("inventory-worker").await.unwrap();
+    let taken = wait_until("the order is given back, not held in progress", EVENT_TIMEOUT, || async {
+        let consumer: jetstream::consumer::PullConsumer = consumer.clone();
+        let batch = consumer.fetch().max_messages(1).messages().await.ok()?;
+        futures::StreamExt::next(&mut Box::pin(batch)).await?.ok()
+    })
+    .await;
+    assert_eq!(taken.info().unwrap().delivered, 2, "delivered to the frozen worker once, then to the test");
+    postgres.thaw();
+
+    wait_for_reserved(&worker.inventory, "WIDGET-1", 3, Duration::from_secs(30)).await;
 }
