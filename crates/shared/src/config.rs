@@ -29,9 +29,31 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// The value is shown [`redact`]ed: an error message ends up in logs, a password must not.
     pub fn new(variable: &str, value: &str, problem: impl Display) -> Self {
-        Self { variable: variable.to_owned(), value: value.to_owned(), problem: problem.to_string() }
+        Self { variable: variable.to_owned(), value: redact(value), problem: problem.to_string() }
     }
+}
+
+/// A URL (or a comma-separated list of them) fit for a log line: the password before `@`
+/// becomes `***`, the user name kept (`postgres://app:s3cret@db/orders` →
+/// `postgres://app:***@db/orders`; a NATS token, `nats://t0ken@host`, → `nats://***@host`).
+/// Anything else is returned as it is.
+pub fn redact(value: &str) -> String {
+    value.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
+    let masked = match rest[..at].split_once(':') {
+        Some((user, _password)) => format!("{user}:***"),
+        // In a NATS URL a lone name is a token; elsewhere (Postgres) it is a user name.
+        None if scheme.starts_with("nats") || scheme.starts_with("tls") => "***".to_owned(),
+        None => return url.to_owned(),
+    };
+    format!("{scheme}://{masked}{}", &rest[at..])
 }
 
 type Lookup = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -497,6 +519,24 @@ mod tests {
         assert!(until_given_up < Duration::from_secs(30));
         // After the last listed pause, the last one repeats.
         assert_eq!(settings.delay_after(99), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn passwords_and_tokens_are_redacted_and_the_rest_kept() {
+        assert_eq!(redact("postgres://app:s3cret@db:5432/orders"), "postgres://app:***@db:5432/orders");
+        assert_eq!(redact("nats://t0ken@nats:4222"), "nats://***@nats:4222");
+        assert_eq!(redact("nats://u:p@a:4222,nats://u:p@b:4222"), "nats://u:***@a:4222,nats://u:***@b:4222");
+        assert_eq!(redact("postgres://app@db/orders"), "postgres://app@db/orders");
+        assert_eq!(redact("http://host/path?q=a@b"), "http://host/path?q=a@b");
+        assert_eq!(redact("5s"), "5s");
+    }
+
+    #[test]
+    fn a_bad_url_is_named_in_the_error_without_its_password() {
+        let env = Env::from_pairs([("DATABASE_URL", "mysql://app:s3cret@db/orders")]);
+        let err = DatabaseConfig::from_env(&env).unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL=\"mysql://app:***@db/orders\""), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub async fn connect(
             Err(err) => {
                 attempt += 1;
                 let pause = Duration::from_millis(200 * u64::from(attempt.min(10)));
-                tracing::warn!(url = %config.url, error = %err, retry_in = ?pause, "cannot reach NATS yet");
+                tracing::warn!(url = %crate::config::redact(&config.url), error = %err, retry_in = ?pause, "cannot reach NATS yet");
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = tokio::time::sleep(pause) => {}
