@@ -299,6 +299,9 @@ where
                 .then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
         });
         let line = line.trim_end_matches('\n');
+        // JSON escapes by itself; in text, one event must stay one line, so that a value a
+        // client sent (a reason, a header) cannot start a forged log line.
+        let line = if self.json { std::borrow::Cow::Borrowed(line) } else { one_line(line) };
         match ids {
             None => writeln!(writer, "{line}"),
             Some((trace_id, span_id)) if self.json => match line.strip_suffix('}') {
@@ -312,9 +315,61 @@ where
     }
 }
 
+/// `text` with line breaks and other control characters (tab aside) escaped as `\n`, `\r`,
+/// `\u{1b}`, …
+fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push('\t'),
+            c if c.is_control() => escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => escaped.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_with_line_breaks_cannot_forge_a_log_line() {
+        let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let sink = written.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .event_format(WithTraceIds { inner: format::format(), json: false })
+            .with_writer(move || WriteTo(sink.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let reason = "out of stock\n2026-11-30T00:00:00Z  INFO forged: all good\r\u{1b}[2J";
+            tracing::info!(%reason, "discarded");
+        });
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            text.contains(r"out of stock\n2026-11-30T00:00:00Z  INFO forged: all good\r\u{1b}[2J"),
+            "{text}"
+        );
+    }
+
+    struct WriteTo(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for WriteTo {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
 
     #[test]
     fn without_an_endpoint_nothing_is_exported() {
