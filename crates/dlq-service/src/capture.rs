@@ -25,11 +25,11 @@ use chrono::{DateTime, Utc};
 use opentelemetry::trace::TraceContextExt;
 use serde::Deserialize;
 use shared::{
-    consumer::pull_batch,
     db,
     messages::{self, OrderPlaced, dead_letter},
     outbox::OutboxWaker,
     propagation,
+    puller::pull_batch,
     topology::UNPROCESSED_STREAM,
 };
 use sqlx::PgPool;

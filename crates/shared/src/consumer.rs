@@ -60,7 +60,6 @@ use async_nats::{
     jetstream::{self, AckKind, consumer::PullConsumer, message::PublishMessage},
 };
 use bytes::Bytes;
-use futures::StreamExt;
 use opentelemetry::trace::TraceContextExt;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
@@ -77,13 +76,10 @@ use crate::{
         headers,
     },
     outbox::OutboxWaker,
-    propagation, telemetry, topology,
+    propagation,
+    puller::{NATS_REQUEST_TIMEOUT, Puller},
+    telemetry,
 };
-
-/// How long a pull waits for a first message before it is sent again. A pull in flight is
-/// allowed to finish when the service stops (see [`IdempotentConsumer::run`]), so this also
-/// bounds how long stopping waits for it.
-pub const LONG_POLL: Duration = Duration::from_secs(2);
 
 /// One delivery of a message, with what the consumer needs to know about it.
 #[derive(Debug)]
@@ -184,9 +180,7 @@ pub enum ConsumerError {
 /// Runs a [`Handler`] over a durable pull consumer. See the module docs.
 #[derive(Debug)]
 pub struct IdempotentConsumer<H> {
-    /// To declare the durable consumer again if it disappears.
-    jetstream: jetstream::Context,
-    consumer: PullConsumer,
+    puller: Puller,
     pool: PgPool,
     handler: H,
     settings: ConsumerSettings,
@@ -201,7 +195,7 @@ impl<H: Handler> IdempotentConsumer<H> {
         handler: H,
         settings: ConsumerSettings,
     ) -> Self {
-        Self { jetstream, consumer, pool, handler, settings, outbox: None }
+        Self { puller: Puller::new(jetstream, consumer, &settings), pool, handler, settings, outbox: None }
     }
 
     /// Wake this outbox relay after every commit (the handler writes outcome events).
@@ -210,32 +204,11 @@ impl<H: Handler> IdempotentConsumer<H> {
         self
     }
 
-    /// Pulls and processes batches until `shutdown` is cancelled.
-    ///
-    /// A pull in flight when `shutdown` comes is allowed to finish (within [`LONG_POLL`]), and
-    /// what it delivered is processed and acknowledged: a message delivered to a process that
-    /// drops it would come back only after its ack wait, one delivery attempt poorer.
+    /// Pulls and processes batches until `shutdown` is cancelled. The batch in hand when it is
+    /// cancelled is finished and acknowledged first (see [`Puller::next_batch`] for a pull in
+    /// flight).
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let mut failed_pulls = 0;
-        while !shutdown.is_cancelled() {
-            let Some(pulled) = self.pull_unless_stopped(&shutdown).await else { return };
-            let messages = match pulled {
-                Ok(messages) => {
-                    failed_pulls = 0;
-                    messages
-                }
-                Err(err) => {
-                    failed_pulls += 1;
-                    let pause = pull_retry_pause(failed_pulls);
-                    tracing::warn!(consumer = %self.settings.name, error = %err, retry_in = ?pause, "pull failed");
-                    self.declare_again_if_gone().await;
-                    crate::shutdown::sleep_or_cancel(pause, &shutdown).await;
-                    continue;
-                }
-            };
-            if messages.is_empty() {
-                continue;
-            }
+        while let Some(messages) = self.puller.next_batch(&shutdown).await {
             if let Err(ConsumerError::DatabaseUnavailable(err)) = self.process(messages).await {
                 tracing::warn!(
                     consumer = %self.settings.name,
@@ -246,49 +219,6 @@ impl<H: Handler> IdempotentConsumer<H> {
                 // their remaining delivery attempts.
                 self.wait_for_database(&shutdown).await;
             }
-        }
-    }
-
-    /// One pull. When `shutdown` comes while it waits, the pull is given a little longer to
-    /// answer, as a server that is there answers within [`LONG_POLL`]; `None` if it does not
-    /// (NATS is away, and nothing can have been delivered).
-    async fn pull_unless_stopped(
-        &self,
-        shutdown: &CancellationToken,
-    ) -> Option<Result<Vec<jetstream::Message>, async_nats::Error>> {
-        let pull = pull_batch(&self.consumer, self.settings.batch_size);
-        let mut pull = std::pin::pin!(pull);
-        tokio::select! {
-            pulled = &mut pull => Some(pulled),
-            _ = shutdown.cancelled() => {
-                tokio::time::timeout(LONG_POLL + Duration::from_millis(500), pull).await.ok()
-            }
-        }
-    }
-
-    /// After a failed pull: if the durable consumer no longer exists (an operator deleted it,
-    /// or its stream was deleted and created again), declares it again as the topology defines
-    /// it, so the service heals by itself instead of pulling from nothing.
-    async fn declare_again_if_gone(&mut self) {
-        if let Ok(Ok(_)) = tokio::time::timeout(NATS_REQUEST_TIMEOUT, self.consumer.get_info()).await {
-            return; // It exists: the pull failed for another reason (NATS away, …).
-        }
-        let info = self.consumer.cached_info();
-        let (stream, filter) = (info.stream_name.clone(), info.config.filter_subject.clone());
-        let config = topology::durable_consumer_config(&self.settings, &filter);
-        let declare = async {
-            let stream = self.jetstream.get_stream(&stream).await.map_err(async_nats::Error::from)?;
-            stream.create_consumer(config).await.map_err(async_nats::Error::from)
-        };
-        match tokio::time::timeout(NATS_REQUEST_TIMEOUT, declare).await {
-            Ok(Ok(consumer)) => {
-                tracing::warn!(consumer = %self.settings.name, %stream, "durable consumer was missing: declared it again");
-                self.consumer = consumer;
-            }
-            Ok(Err(err)) => {
-                tracing::warn!(consumer = %self.settings.name, %stream, error = %err, "could not declare the consumer again")
-            }
-            Err(_) => tracing::warn!(consumer = %self.settings.name, %stream, "NATS did not answer in time"),
         }
     }
 
@@ -684,44 +614,6 @@ impl<H: Handler> IdempotentConsumer<H> {
     }
 }
 
-/// How long a request to NATS (a confirmed ack, consumer info, a declaration) may take.
-const NATS_REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// The pause after `failures` pulls in a row failed: 100 ms, doubling, at most 5 s. Never
-/// zero: a consumer whose pulls fail at once must not spin.
-fn pull_retry_pause(failures: u32) -> Duration {
-    Duration::from_millis(100)
-        .saturating_mul(1 << failures.clamp(1, 7).saturating_sub(1))
-        .min(Duration::from_secs(5))
-}
-
-/// Waits for a first message, then takes whatever else is ready, up to `size`.
-///
-/// Pulling only when ready to process is what makes stopping safe: no message is delivered
-/// to this process while it works on a batch or waits for Postgres, so none sits in a
-/// buffer here while its ack timer runs out and burns a delivery attempt.
-///
-/// An error status from the server (the consumer is gone, no responders, …) is an error, unless
-/// messages came before it: those are returned, to be processed.
-pub async fn pull_batch(
-    consumer: &PullConsumer,
-    size: usize,
-) -> Result<Vec<jetstream::Message>, async_nats::Error> {
-    let mut messages = collect(consumer.fetch().max_messages(size).messages().await?).await?;
-    if messages.is_empty() {
-        // Long poll: answers as soon as one message arrives, or empty after `LONG_POLL`.
-        let first = consumer.batch().max_messages(1).expires(LONG_POLL).messages().await?;
-        messages = collect(first).await?;
-        if !messages.is_empty() && size > 1 {
-            // Whatever this adds is a bonus: the message in hand is processed either way.
-            if let Ok(more) = consumer.fetch().max_messages(size - 1).messages().await {
-                messages.extend(collect(more).await.unwrap_or_default());
-            }
-        }
-    }
-    Ok(messages)
-}
-
 /// Drives `work` to completion, sending "in progress" for `messages` every half ack wait.
 async fn keep_alive<'a, T>(
     work: impl Future<Output = T>,
@@ -740,26 +632,6 @@ async fn keep_alive<'a, T>(
             }
         }
     }
-}
-
-/// The messages of one pull. A pull whose answer is lost (the connection dropped meanwhile) is
-/// given up after a while; what it did deliver is kept.
-async fn collect(
-    batch: jetstream::consumer::pull::Batch,
-) -> Result<Vec<jetstream::Message>, async_nats::Error> {
-    let mut items = std::pin::pin!(batch.take_until(tokio::time::sleep(Duration::from_secs(10))));
-    let mut messages = Vec::new();
-    while let Some(item) = items.next().await {
-        match item {
-            Ok(message) => messages.push(message),
-            Err(err) if messages.is_empty() => return Err(err),
-            Err(err) => {
-                tracing::warn!(error = %err, delivered = messages.len(), "pull ended with an error; processing what it delivered");
-                break;
-            }
-        }
-    }
-    Ok(messages)
 }
 
 /// Terminates a message with a reason (`+TERM <reason>`, servers >= 2.10.4); async-nats has no

@@ -7,6 +7,7 @@
 //! - [`db`]: connecting to Postgres, one schema per service, migrations.
 //! - [`outbox`]: the transactional outbox and the relay that publishes it.
 //! - [`consumer`]: the idempotent consumer (at-least-once delivery, exactly-once effects).
+//! - [`puller`]: pulling from a durable consumer only when ready, healing, stopping cleanly.
 //! - [`http`]: RFC 9457 problem details and a JSON extractor that answers with them.
 //! - [`telemetry`], [`propagation`]: logs and OpenTelemetry traces; trace context in NATS headers.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`; consumer lag from JetStream.
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod nats;
 pub mod outbox;
 pub mod propagation;
+pub mod puller;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;
