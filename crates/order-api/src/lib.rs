@@ -53,6 +53,8 @@ pub struct AppState {
     /// The workers' lag, as JetStream last reported it.
     pub consumer_lag: ConsumerLag,
     pub max_consumer_lag: u64,
+    /// `REQUEST_TIMEOUT`.
+    pub request_timeout: Duration,
 }
 
 /// A built order-api: connected, migrated, topology declared, listener bound.
@@ -103,6 +105,7 @@ impl Application {
             max_outbox_backlog: config.max_outbox_backlog,
             consumer_lag: lag_monitor.lag(),
             max_consumer_lag: config.max_consumer_lag,
+            request_timeout: config.request_timeout,
         };
         Ok(Self { listener, state, relay, projection, lag_monitor })
     }
