@@ -186,3 +186,60 @@ async fn services_starting_together_create_the_database_and_migrate_their_schema
         assert_eq!(tables, 2);
     }
 }
+
+/// A message the broker refuses for good (no stream for its subject; larger than the stream's
+/// `max_message_size`) is quarantined, counted and logged, and the rows behind it keep flowing at
+/// full speed instead of one batch per retry pause.
+#[tokio::test]
+async fn a_row_the_broker_refuses_for_good_is_quarantined_and_the_rows_behind_it_keep_flowing() {
+    let nats = NatsServer::start().await;
+    let db = TestDatabase::new();
+    let pool = messaging_schema(&db).await;
+    let js = nats.jetstream().await;
+    let small = NatsConfig::from_env(&Env::from_pairs([("ORDERS_STREAM_MAX_MSG_SIZE", "4KiB")])).unwrap();
+    topology::ensure_streams(&js, &small).await.unwrap();
+
+    let mut nowhere = order_message();
+    nowhere.subject = "nowhere.at.all".into();
+    let mut too_large = order_message();
+    too_large.payload = vec![b' '; 8 << 10];
+    let good: Vec<_> = (0..3000).map(|_| order_message()).collect();
+    let mut tx = pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, &[nowhere.clone(), too_large.clone()]).await.unwrap();
+    outbox::enqueue(&mut tx, &good).await.unwrap();
+    tx.commit().await.unwrap();
+
+    let handle = shared::metrics::install();
+    let settings = RelaySettings::from_env(&Env::from_pairs([("OUTBOX_QUARANTINE_AFTER", "0s")])).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(OutboxRelay::new(pool.clone(), js.clone(), settings).run(shutdown.clone()));
+
+    // Before: about one batch of 256 per retry pause (up to 5 s): a minute for 3000 rows.
+    test_support::wait_until("every good row is in the stream", Duration::from_secs(15), || async {
+        (stream_len(&nats).await == 3000).then_some(())
+    })
+    .await;
+    test_support::wait_until("both bad rows are quarantined", Duration::from_secs(10), || async {
+        let quarantined: Vec<(uuid::Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT message_id, last_error FROM outbox WHERE quarantined_at IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        (quarantined.len() == 2).then_some(quarantined)
+    })
+    .await
+    .into_iter()
+    .zip([&nowhere, &too_large])
+    .for_each(|((id, error), message)| {
+        assert_eq!(id, message.message_id);
+        assert!(error.is_some_and(|e| !e.is_empty()));
+    });
+    test_support::wait_until("the quarantine shows in /metrics", Duration::from_secs(10), || async {
+        let text = handle.render();
+        text.lines().any(|line| line == "outbox_quarantined_messages 2").then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    relay.await.unwrap();
+}
