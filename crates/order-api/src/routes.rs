@@ -208,10 +208,15 @@ impl CommitStarted {
     }
 }
 
+/// How long a request whose `COMMIT` has started may still take, past the request timeout. Only
+/// a backstop, so that no request waits for ever: the database bounds each statement itself
+/// (`DATABASE_STATEMENT_TIMEOUT`, 10 s by default), and a failed `COMMIT` is answered as such.
+const COMMIT_GRACE: Duration = Duration::from_secs(30);
+
 /// Answers 503 to a request that is not done within `timeout`, unless its `COMMIT` has started:
-/// then its outcome is awaited, for at most one more `timeout` (a `COMMIT` that takes that long
-/// means the database is in trouble; the answer is then 503, and the order may exist: a client
-/// that sent an `Idempotency-Key` gets it by retrying).
+/// then its outcome is awaited, for at most [`COMMIT_GRACE`] more. (Should even that pass, the
+/// answer is 503 and the order may exist: a client that sent an `Idempotency-Key` finds out by
+/// retrying.)
 async fn request_timeout(timeout: Duration, mut request: Request, next: Next) -> Response {
     let commit = CommitStarted::default();
     request.extensions_mut().insert(commit.clone());
@@ -219,7 +224,7 @@ async fn request_timeout(timeout: Duration, mut request: Request, next: Next) ->
     tokio::pin!(response);
     match tokio::time::timeout(timeout, &mut response).await {
         Ok(response) => response,
-        Err(_) if commit.is_marked() => match tokio::time::timeout(timeout, response).await {
+        Err(_) if commit.is_marked() => match tokio::time::timeout(COMMIT_GRACE, response).await {
             Ok(response) => response,
             Err(_) => Problem::unavailable(
                 "/problems/timeout",

@@ -150,9 +150,14 @@ impl Problem {
         }
     }
 
-    /// A database error: 503 if Postgres is unreachable (worth retrying), 500 otherwise.
+    /// A database error: 503 with `Retry-After` when retrying can succeed, 500 otherwise.
+    /// Retrying can succeed when Postgres is unreachable or refuses work for now
+    /// ([`crate::db::is_unavailable`]: down, read-only after a failover, out of disk or
+    /// connections, a statement timeout), and when a lock was not granted in time (55P03) or
+    /// the transaction lost to another one ([`crate::db::is_retryable_conflict`]).
     pub fn database(err: sqlx::Error) -> Self {
-        if crate::db::is_unavailable(&err) {
+        let busy = crate::db::has_code(&err, &["55P03"]) || crate::db::is_retryable_conflict(&err);
+        if crate::db::is_unavailable(&err) || busy {
             Self {
                 cause: Some(Arc::new(err.into())),
                 ..Self::unavailable(
