@@ -132,19 +132,26 @@ async fn an_order_whose_commit_outlasts_the_request_timeout_is_answered_with_the
     assert_eq!(app.orders_count().await, 1);
 }
 
+/// Inserts, without committing, the order `c-1` wants 1 `WIDGET-1` under `key`: another request
+/// with that key waits on the unique index until the returned transaction ends.
+async fn hold_idempotency_key(app: &TestApp, key: &str) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut holder = app.pool.begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO orders (id, customer_id, items, idempotency_key, created_at, updated_at)
+         VALUES (gen_random_uuid(), 'c-1', '[{\"sku\": \"WIDGET-1\", \"quantity\": 1}]', $1, now(), now())",
+    )
+    .bind(key)
+    .execute(&mut *holder)
+    .await
+    .unwrap();
+    holder
+}
+
 /// Before COMMIT, the request timeout still answers 503: nothing was stored.
 #[tokio::test]
 async fn a_request_that_times_out_before_commit_is_503_and_stores_nothing() {
     let app = spawn_app_with(&[("REQUEST_TIMEOUT", "300ms")]).await;
-    // The first INSERT with this key holds the unique index until the test lets go.
-    let mut blocker = app.pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO orders (id, customer_id, items, idempotency_key, created_at, updated_at)
-         VALUES (gen_random_uuid(), 'other', '[]', 'contended', now(), now())",
-    )
-    .execute(&mut *blocker)
-    .await
-    .unwrap();
+    let blocker = hold_idempotency_key(&app, "contended").await;
 
     let response = app.api.place(&order_body("c-1", &[("WIDGET-1", 1)]), Some("contended")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -200,14 +207,7 @@ async fn a_read_only_database_is_answered_503_with_retry_after_not_500() {
 async fn a_lock_timeout_is_answered_503_with_retry_after_not_500() {
     let app = spawn_app().await;
     set_database_default(&app, "SET lock_timeout = 100").await;
-    let mut holder = app.pool.begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO orders (id, customer_id, items, idempotency_key, created_at, updated_at)
-         VALUES (gen_random_uuid(), 'c-1', '[{\"sku\": \"WIDGET-1\", \"quantity\": 1}]', 'held', now(), now())",
-    )
-    .execute(&mut *holder)
-    .await
-    .unwrap();
+    let holder = hold_idempotency_key(&app, "held").await;
 
     let response = app.api.place(&order_body("c-1", &[("WIDGET-1", 1)]), Some("held")).await;
     assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
