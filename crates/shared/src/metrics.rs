@@ -155,19 +155,24 @@ impl LagMonitor {
     /// Polls until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
-            // Bounded: a broker that does not answer must not stall the loop (the figure then
-            // expires, see [`ConsumerLag`]).
-            let timeout = self.interval.max(Duration::from_secs(1));
-            if tokio::time::timeout(timeout, self.poll()).await.is_err() {
-                tracing::debug!(consumer = %self.consumer, "JetStream did not report consumer lag in time");
-            }
+            self.poll().await;
             crate::shutdown::sleep_or_cancel(self.interval, &shutdown).await;
         }
     }
 
-    /// Reads the consumer's state once. While the consumer does not exist yet (no worker has
-    /// started), everything in the stream is lag.
+    /// Reads the consumer's state once, waiting at most the poll interval (1 s at least): a
+    /// broker that does not answer must not stall the loop (the figure then expires, see
+    /// [`ConsumerLag`]).
     pub async fn poll(&self) {
+        let timeout = self.interval.max(Duration::from_secs(1));
+        if tokio::time::timeout(timeout, self.read()).await.is_err() {
+            tracing::debug!(consumer = %self.consumer, "JetStream did not report consumer lag in time");
+        }
+    }
+
+    /// While the consumer does not exist yet (no worker has started), everything in the stream
+    /// is lag.
+    async fn read(&self) {
         let Ok(mut stream) = self.jetstream.get_stream(self.stream).await else { return };
         let (pending, ack_pending, redelivered) = match stream.consumer_info(&self.consumer).await {
             Ok(info) => (info.num_pending, info.num_ack_pending as u64, info.num_redelivered as u64),
