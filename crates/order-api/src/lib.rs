@@ -50,7 +50,8 @@ pub struct AppState {
     pub outbox: OutboxWaker,
     pub outbox_backlog: OutboxBacklog,
     pub max_outbox_backlog: u64,
-    /// The workers' lag, as JetStream last reported it.
+    /// The workers' lag, as JetStream last reported it (unknown once it could not be refreshed
+    /// for a few polls: see [`ConsumerLag`]).
     pub consumer_lag: ConsumerLag,
     pub max_consumer_lag: u64,
     /// `REQUEST_TIMEOUT`.
