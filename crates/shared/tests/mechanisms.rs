@@ -187,6 +187,25 @@ async fn services_starting_together_create_the_database_and_migrate_their_schema
     }
 }
 
+/// Commits these messages to the outbox, in one transaction.
+async fn commit_to_outbox(pool: &PgPool, messages: &[OutgoingMessage]) {
+    let mut tx = pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, messages).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// A relay running in the background with these settings, until the token is cancelled.
+fn spawn_relay(
+    pool: &PgPool,
+    js: &async_nats::jetstream::Context,
+    env: &[(&str, &str)],
+) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
+    let settings = RelaySettings::from_env(&Env::from_pairs(env.iter().copied())).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(OutboxRelay::new(pool.clone(), js.clone(), settings).run(shutdown.clone()));
+    (shutdown, relay)
+}
+
 /// A message the broker refuses for good (no stream for its subject; larger than the stream's
 /// `max_message_size`) is quarantined, counted and logged, and the rows behind it keep flowing at
 /// full speed instead of one batch per retry pause.
@@ -203,16 +222,11 @@ async fn a_row_the_broker_refuses_for_good_is_quarantined_and_the_rows_behind_it
     nowhere.subject = "nowhere.at.all".into();
     let mut too_large = order_message();
     too_large.payload = vec![b' '; 8 << 10];
-    let good: Vec<_> = (0..3000).map(|_| order_message()).collect();
-    let mut tx = pool.begin().await.unwrap();
-    outbox::enqueue(&mut tx, &[nowhere.clone(), too_large.clone()]).await.unwrap();
-    outbox::enqueue(&mut tx, &good).await.unwrap();
-    tx.commit().await.unwrap();
+    let rows = [nowhere.clone(), too_large.clone()].into_iter().chain((0..3000).map(|_| order_message()));
+    commit_to_outbox(&pool, &rows.collect::<Vec<_>>()).await;
 
     let handle = shared::metrics::install();
-    let settings = RelaySettings::from_env(&Env::from_pairs([("OUTBOX_QUARANTINE_AFTER", "0s")])).unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let relay = tokio::spawn(OutboxRelay::new(pool.clone(), js.clone(), settings).run(shutdown.clone()));
+    let (shutdown, relay) = spawn_relay(&pool, &js, &[("OUTBOX_QUARANTINE_AFTER", "0s")]);
 
     // Before: about one batch of 256 per retry pause (up to 5 s): a minute for 3000 rows.
     test_support::wait_until("every good row is in the stream", Duration::from_secs(15), || async {
@@ -238,6 +252,57 @@ async fn a_row_the_broker_refuses_for_good_is_quarantined_and_the_rows_behind_it
     test_support::wait_until("the quarantine shows in /metrics", Duration::from_secs(10), || async {
         let text = handle.render();
         text.lines().any(|line| line == "outbox_quarantined_messages 2").then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    relay.await.unwrap();
+}
+
+/// "No stream" can also be passing (an operator re-creating a stream): before
+/// `OUTBOX_QUARANTINE_AFTER`, a refused row is only set aside and tried again now and then, and
+/// it is sent once a stream takes its subject.
+#[tokio::test]
+async fn a_refused_row_is_tried_again_and_sent_once_a_stream_takes_its_subject() {
+    let nats = NatsServer::start().await;
+    let db = TestDatabase::new();
+    let pool = messaging_schema(&db).await;
+    let js = nats.jetstream().await;
+    topology::ensure_streams(&js, &NatsConfig::from_env(&Env::from_pairs([])).unwrap()).await.unwrap();
+
+    let mut early = order_message();
+    early.subject = "late.arrival".into();
+    let rows = std::iter::once(early.clone()).chain((0..100).map(|_| order_message()));
+    commit_to_outbox(&pool, &rows.collect::<Vec<_>>()).await;
+
+    let (shutdown, relay) =
+        spawn_relay(&pool, &js, &[("OUTBOX_QUARANTINE_AFTER", "1h"), ("OUTBOX_RETRY_MAX", "200ms")]);
+    test_support::wait_until("the good rows are sent", Duration::from_secs(10), || async {
+        (stream_len(&nats).await == 100).then_some(())
+    })
+    .await;
+    let (error, quarantined): (Option<String>, bool) = sqlx::query_as(
+        "SELECT last_error, quarantined_at IS NOT NULL FROM outbox WHERE message_id = $1 AND sent_at IS NULL",
+    )
+    .bind(early.message_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(error.is_some(), "the refusal is recorded");
+    assert!(!quarantined, "not before OUTBOX_QUARANTINE_AFTER");
+
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "late".into(),
+        subjects: vec!["late.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    test_support::wait_until("the row is sent once a stream takes it", Duration::from_secs(10), || async {
+        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (unsent == 0).then_some(())
     })
     .await;
     shutdown.cancel();
