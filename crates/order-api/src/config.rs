@@ -24,6 +24,9 @@ pub struct Config {
     pub worker_consumer: String,
     /// `LAG_POLL_INTERVAL`: how often consumer lag is read from JetStream.
     pub lag_poll_interval: Duration,
+    /// `REQUEST_TIMEOUT`: a request not answered within it gets 503 with `Retry-After` (except
+    /// an order whose `COMMIT` has started: that one is answered with its outcome).
+    pub request_timeout: Duration,
 }
 
 impl Config {
@@ -38,6 +41,7 @@ impl Config {
             max_consumer_lag: env.number("MAX_CONSUMER_LAG", 10_000, 1..=10_000_000)?,
             worker_consumer: env.string("WORKER_CONSUMER", "inventory-worker"),
             lag_poll_interval: env.duration("LAG_POLL_INTERVAL", Duration::from_secs(2))?,
+            request_timeout: env.duration("REQUEST_TIMEOUT", Duration::from_secs(10))?,
         })
     }
 }

@@ -50,9 +50,12 @@ pub struct AppState {
     pub outbox: OutboxWaker,
     pub outbox_backlog: OutboxBacklog,
     pub max_outbox_backlog: u64,
-    /// The workers' lag, as JetStream last reported it.
+    /// The workers' lag, as JetStream last reported it (unknown once it could not be refreshed
+    /// for a few polls: see [`ConsumerLag`]).
     pub consumer_lag: ConsumerLag,
     pub max_consumer_lag: u64,
+    /// `REQUEST_TIMEOUT`.
+    pub request_timeout: Duration,
 }
 
 /// A built order-api: connected, migrated, topology declared, listener bound.
@@ -104,6 +107,7 @@ impl Application {
             max_outbox_backlog: config.max_outbox_backlog,
             consumer_lag: lag_monitor.lag(),
             max_consumer_lag: config.max_consumer_lag,
+            request_timeout: config.request_timeout,
         };
         Ok(Self { listener, state, relay, projection, lag_monitor })
     }

@@ -1,11 +1,24 @@
 //! HTTP routes: `POST /orders`, `GET /orders/{id}`, `GET /readyz` (and, from
 //! [`shared::http::service_routes`], `GET /healthz`).
+//!
+//! **Timeouts and `COMMIT`:** every request runs under `REQUEST_TIMEOUT`; one that takes longer
+//! is answered 503 with `Retry-After` and nothing it did is kept (its transaction is rolled back).
+//! That is true only until `COMMIT` is sent: after that the order may already exist, and a 503
+//! would make a client without an `Idempotency-Key` place it twice. So `POST /orders` marks the
+//! moment its `COMMIT` starts ([`CommitStarted`]), and from then on the timeout waits for the
+//! outcome (the order, or the database's error) instead of answering "retry later".
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, Path, Request, State},
+    extract::{DefaultBodyLimit, Extension, Path, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
@@ -22,7 +35,7 @@ use crate::{
 
 /// Requests larger than this are refused with 413 before they are parsed.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
-/// A request that takes longer is answered 503.
+/// A request that takes longer is answered 503 (`REQUEST_TIMEOUT`'s default).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// On a `202` that returns an order placed before with the same `Idempotency-Key`.
 const REPLAYED_HEADER: &str = "idempotent-replayed";
@@ -37,7 +50,8 @@ pub fn router(state: AppState) -> Router {
         .route("/orders", post(place_order))
         .route("/orders/{id}", get(get_order))
         .route("/readyz", get(readyz));
-    shared::http::service_routes(guarded(api, REQUEST_TIMEOUT)).with_state(state)
+    let timeout = state.request_timeout;
+    shared::http::service_routes(guarded(api, timeout)).with_state(state)
 }
 
 /// The limits every API route runs under, and the counting of `POST /orders` outcomes. The
@@ -53,6 +67,7 @@ fn guarded<S: Clone + Send + Sync + 'static>(api: Router<S>, timeout: Duration) 
 /// one transaction. `202 Accepted`: the order is safe, its processing is still to come.
 async fn place_order(
     State(app): State<AppState>,
+    commit: Option<Extension<CommitStarted>>,
     headers: HeaderMap,
     JsonBody(request): JsonBody<PlaceOrderRequest>,
 ) -> Result<Response, Problem> {
@@ -76,8 +91,8 @@ async fn place_order(
             Duration::from_secs(5),
         ));
     }
-    let lag = app.consumer_lag.get();
-    if lag >= app.max_consumer_lag {
+    // An unknown lag (NATS not answering) refuses nothing: the outbox bound above still holds.
+    if let Some(lag) = app.consumer_lag.get().filter(|lag| *lag >= app.max_consumer_lag) {
         return Err(Problem::unavailable(
             "/problems/consumer-lag",
             format!("{lag} orders are waiting for the workers (MAX_CONSUMER_LAG); retry later."),
@@ -85,7 +100,8 @@ async fn place_order(
         ));
     }
 
-    let (view, replayed) = match store::place_order(&app.pool, &order, key.as_deref())
+    let commit = commit.map(|Extension(commit)| commit).unwrap_or_default();
+    let (view, replayed) = match store::place_order(&app.pool, &order, key.as_deref(), || commit.mark())
         .await
         .map_err(Problem::database)?
     {
@@ -177,9 +193,47 @@ async fn count_orders(request: Request, next: Next) -> Response {
     response
 }
 
-async fn request_timeout(timeout: Duration, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(timeout, next.run(request)).await {
+/// Set by a handler just before its `COMMIT` starts; read by [`request_timeout`]. See the
+/// module docs.
+#[derive(Debug, Clone, Default)]
+pub struct CommitStarted(Arc<AtomicBool>);
+
+impl CommitStarted {
+    pub fn mark(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn is_marked(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// How long a request whose `COMMIT` has started may still take, past the request timeout. Only
+/// a backstop, so that no request waits for ever: the database bounds each statement itself
+/// (`DATABASE_STATEMENT_TIMEOUT`, 10 s by default), and a failed `COMMIT` is answered as such.
+const COMMIT_GRACE: Duration = Duration::from_secs(30);
+
+/// Answers 503 to a request that is not done within `timeout`, unless its `COMMIT` has started:
+/// then its outcome is awaited, for at most [`COMMIT_GRACE`] more. (Should even that pass, the
+/// answer is 503 and the order may exist: a client that sent an `Idempotency-Key` finds out by
+/// retrying.)
+async fn request_timeout(timeout: Duration, mut request: Request, next: Next) -> Response {
+    let commit = CommitStarted::default();
+    request.extensions_mut().insert(commit.clone());
+    let response = next.run(request);
+    tokio::pin!(response);
+    match tokio::time::timeout(timeout, &mut response).await {
         Ok(response) => response,
+        Err(_) if commit.is_marked() => match tokio::time::timeout(COMMIT_GRACE, response).await {
+            Ok(response) => response,
+            Err(_) => Problem::unavailable(
+                "/problems/timeout",
+                "The order's commit did not finish in time: it may or may not have been placed. \
+                 Retry with the same Idempotency-Key to find out.",
+                Duration::from_secs(1),
+            )
+            .into_response(),
+        },
         Err(_) => Problem::unavailable(
             "/problems/timeout",
             "The request took too long; retry later.",

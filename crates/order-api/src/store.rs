@@ -30,10 +30,14 @@ pub enum Placed {
 /// With an idempotency key, two requests racing with the same key cannot both insert: the
 /// unique index makes the second `INSERT` wait for the first transaction and then do nothing,
 /// after which it reads the winner's order.
+///
+/// `commit_starts` is called just before `COMMIT` is sent: from then on the order may exist
+/// whatever happens to the connection, and the caller must not answer as if it did not.
 pub async fn place_order(
     pool: &PgPool,
     order: &NewOrder,
     idempotency_key: Option<&str>,
+    commit_starts: impl FnOnce(),
 ) -> Result<Placed, sqlx::Error> {
     let id = Uuid::now_v7();
     let now = Utc::now();
@@ -75,6 +79,7 @@ pub async fn place_order(
             return Ok(if existing.matches(order) { Placed::Replayed(existing) } else { Placed::KeyReused });
         };
         outbox::enqueue(&mut tx, std::slice::from_ref(&message)).await?;
+        commit_starts();
         tx.commit().await?;
         Ok(Placed::Created(view))
     }

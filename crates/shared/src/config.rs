@@ -304,6 +304,7 @@ pub struct NatsConfig {
 
 impl NatsConfig {
     pub const DEFAULT_URL: &str = "nats://127.0.0.1:4222";
+    pub const DEFAULT_UNPROCESSED_MAX_AGE: Duration = Duration::from_secs(14 * 24 * 3600);
 
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let url = env.string("NATS_URL", Self::DEFAULT_URL);
@@ -319,7 +320,7 @@ impl NatsConfig {
             orders_stream: OrdersStreamSettings::from_env(env)?,
             events_stream: EventsStreamSettings::from_env(env)?,
             unprocessed_max_age: env
-                .duration("UNPROCESSED_STREAM_MAX_AGE", Duration::from_secs(14 * 24 * 3600))?,
+                .duration("UNPROCESSED_STREAM_MAX_AGE", Self::DEFAULT_UNPROCESSED_MAX_AGE)?,
         })
     }
 }
@@ -379,15 +380,47 @@ pub struct RelaySettings {
     pub retry_max: Duration,
     /// `OUTBOX_RETENTION`: how long sent rows are kept for inspection before they are pruned.
     pub retention: Duration,
+    /// `OUTBOX_QUARANTINE_AFTER`: a row the broker keeps refusing with a permanent error (no
+    /// stream, too large) for this long is quarantined (see [`crate::outbox`]).
+    pub quarantine_after: Duration,
+    /// `PROCESSED_MESSAGES_RETENTION`: how long a consumer remembers the IDs it processed (see
+    /// [`crate::retention`]). At least `UNPROCESSED_STREAM_MAX_AGE`.
+    pub processed_retention: Duration,
+    /// `PRUNE_INTERVAL`: how often rows past their retention are deleted.
+    pub prune_interval: Duration,
 }
 
 impl RelaySettings {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let processed_retention =
+            env.duration("PROCESSED_MESSAGES_RETENTION", Duration::from_secs(30 * 24 * 3600))?;
+        let unprocessed_max_age =
+            env.duration("UNPROCESSED_STREAM_MAX_AGE", NatsConfig::DEFAULT_UNPROCESSED_MAX_AGE)?;
+        if processed_retention < unprocessed_max_age {
+            return Err(ConfigError::new(
+                "PROCESSED_MESSAGES_RETENTION",
+                &env.string("PROCESSED_MESSAGES_RETENTION", ""),
+                format!(
+                    "must be at least UNPROCESSED_STREAM_MAX_AGE ({unprocessed_max_age:?}): a dead letter captured from there can be replayed"
+                ),
+            ));
+        }
+        let prune_interval = env.duration("PRUNE_INTERVAL", Duration::from_secs(10))?;
+        if prune_interval.is_zero() {
+            return Err(ConfigError::new(
+                "PRUNE_INTERVAL",
+                &env.string("PRUNE_INTERVAL", ""),
+                "must be longer than zero",
+            ));
+        }
         Ok(Self {
             batch_size: env.number("OUTBOX_BATCH_SIZE", 256, 1..=5_000)?,
             poll_interval: env.duration("OUTBOX_POLL_INTERVAL", Duration::from_secs(1))?,
             retry_max: env.duration("OUTBOX_RETRY_MAX", Duration::from_secs(5))?,
             retention: env.duration("OUTBOX_RETENTION", Duration::from_secs(24 * 3600))?,
+            quarantine_after: env.duration("OUTBOX_QUARANTINE_AFTER", Duration::from_secs(300))?,
+            processed_retention,
+            prune_interval,
         })
     }
 }
@@ -550,5 +583,16 @@ mod tests {
         let env = Env::from_pairs([("DATABASE_URL", "mysql:/nope")]);
         let err = DatabaseConfig::from_env(&env).unwrap_err();
         assert_eq!(err.variable, "DATABASE_URL");
+    }
+
+    #[test]
+    fn processed_ids_are_kept_at_least_as_long_as_a_dead_letter_can_be_captured() {
+        let err =
+            RelaySettings::from_env(&Env::from_pairs([("PROCESSED_MESSAGES_RETENTION", "7d")])).unwrap_err();
+        assert_eq!(err.variable, "PROCESSED_MESSAGES_RETENTION");
+        let shorter = [("PROCESSED_MESSAGES_RETENTION", "7d"), ("UNPROCESSED_STREAM_MAX_AGE", "3d")];
+        assert!(RelaySettings::from_env(&Env::from_pairs(shorter)).is_ok());
+        let err = RelaySettings::from_env(&Env::from_pairs([("PRUNE_INTERVAL", "0s")])).unwrap_err();
+        assert_eq!(err.variable, "PRUNE_INTERVAL");
     }
 }

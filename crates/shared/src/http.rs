@@ -150,9 +150,14 @@ impl Problem {
         }
     }
 
-    /// A database error: 503 if Postgres is unreachable (worth retrying), 500 otherwise.
+    /// A database error: 503 with `Retry-After` when retrying can succeed, 500 otherwise.
+    /// Retrying can succeed when Postgres is unreachable or refuses work for now
+    /// ([`crate::db::is_unavailable`]: down, read-only after a failover, out of disk or
+    /// connections, a statement timeout), and when a lock was not granted in time (55P03) or
+    /// the transaction lost to another one ([`crate::db::is_retryable_conflict`]).
     pub fn database(err: sqlx::Error) -> Self {
-        if crate::db::is_unavailable(&err) {
+        let busy = crate::db::has_code(&err, &["55P03"]) || crate::db::is_retryable_conflict(&err);
+        if crate::db::is_unavailable(&err) || busy {
             Self {
                 cause: Some(Arc::new(err.into())),
                 ..Self::unavailable(
@@ -341,14 +346,23 @@ where
     }
 }
 
-/// `GET /readyz` for every service: 200 when Postgres and NATS are both reachable, else 503
-/// with the state of each.
+/// How long each readiness check may take. A probe must answer quickly, and a dependency that
+/// cannot answer within this is not ready, whatever its connection state says.
+pub const READINESS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `GET /readyz` for every service: 200 when Postgres and NATS both answer a round trip within
+/// [`READINESS_TIMEOUT`], else 503 with the state of each.
+///
+/// **Why a round trip:** a frozen broker (`kill -STOP`, a stalled VM, a half-open TCP
+/// connection) keeps the client "connected" while nothing gets through; only an answer proves
+/// the path works. For NATS the probe is a JetStream API request (`$JS.API.INFO`), so a server
+/// that is up without JetStream is not ready either. Both checks run at once, so a probe takes
+/// at most one timeout.
 pub async fn readiness(
     pool: &sqlx::PgPool,
     nats: &async_nats::Client,
 ) -> Result<axum::Json<serde_json::Value>, Problem> {
-    let postgres = crate::db::ping(pool).await;
-    let nats = crate::nats::is_connected(nats);
+    let (postgres, nats) = tokio::join!(crate::db::ping(pool), nats_answers(nats));
     let checks = serde_json::json!({
         "postgres": if postgres { "ok" } else { "unreachable" },
         "nats": if nats { "ok" } else { "unreachable" },
@@ -363,6 +377,12 @@ pub async fn readiness(
         )
         .with_extra("checks", checks))
     }
+}
+
+/// Whether JetStream answers a request within [`READINESS_TIMEOUT`].
+async fn nats_answers(client: &async_nats::Client) -> bool {
+    let request = client.request("$JS.API.INFO", Bytes::new());
+    matches!(tokio::time::timeout(READINESS_TIMEOUT, request).await, Ok(Ok(_)))
 }
 
 fn is_json(content_type: Option<&HeaderValue>) -> bool {

@@ -6,6 +6,7 @@
 //! - [`topology`]: the JetStream streams and consumers, created or updated at start-up.
 //! - [`db`]: connecting to Postgres, one schema per service, migrations.
 //! - [`outbox`]: the transactional outbox and the relay that publishes it.
+//! - [`retention`]: pruning sent outbox rows and old processed message IDs.
 //! - [`consumer`]: the idempotent consumer (at-least-once delivery, exactly-once effects).
 //! - [`puller`]: pulling from a durable consumer only when ready, healing, stopping cleanly.
 //! - [`http`]: RFC 9457 problem details and a JSON extractor that answers with them.
@@ -23,6 +24,7 @@ pub mod nats;
 pub mod outbox;
 pub mod propagation;
 pub mod puller;
+pub mod retention;
 pub mod shutdown;
 pub mod telemetry;
 pub mod topology;

@@ -12,6 +12,7 @@
 //! | `messaging_process_duration_seconds` | histogram | time to handle a message, by `outcome` |
 //! | `messaging_batch_size` | histogram | messages per consumer batch |
 //! | `outbox_pending_messages`, `outbox_oldest_pending_age_seconds` | gauges | the outbox backlog |
+//! | `outbox_quarantined_messages` | gauge | outbox rows the broker refuses for good, set aside for a person |
 //! | `jetstream_consumer_num_pending`, `…_num_ack_pending`, `…_num_redelivered` | gauges | a consumer's lag, as JetStream reports it |
 //!
 //! Services add their own (orders accepted and refused, dead letters captured, …). The
@@ -19,11 +20,8 @@
 //! the process report to it.
 
 use std::{
-    sync::{
-        Arc, OnceLock,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
+    sync::{Arc, Mutex, OnceLock, PoisonError},
+    time::{Duration, Instant},
 };
 
 use async_nats::jetstream;
@@ -39,6 +37,7 @@ pub const PROCESS_DURATION: &str = "messaging.process.duration";
 pub const BATCH_SIZE: &str = "messaging.batch.size";
 pub const OUTBOX_PENDING: &str = "outbox.pending.messages";
 pub const OUTBOX_OLDEST_AGE: &str = "outbox.oldest_pending_age";
+pub const OUTBOX_QUARANTINED: &str = "outbox.quarantined.messages";
 pub const CONSUMER_PENDING: &str = "jetstream.consumer.num_pending";
 pub const CONSUMER_ACK_PENDING: &str = "jetstream.consumer.num_ack_pending";
 pub const CONSUMER_REDELIVERED: &str = "jetstream.consumer.num_redelivered";
@@ -81,6 +80,10 @@ fn describe() {
         Unit::Seconds,
         "Age of the oldest outbox row waiting to be published."
     );
+    describe_gauge!(
+        OUTBOX_QUARANTINED,
+        "Outbox rows the broker refuses for good (no stream, too large), set aside until released."
+    );
     describe_gauge!(CONSUMER_PENDING, "Messages not yet delivered to the consumer.");
     describe_gauge!(CONSUMER_ACK_PENDING, "Messages delivered and not yet acknowledged.");
     describe_gauge!(CONSUMER_REDELIVERED, "Messages delivered more than once and not yet acknowledged.");
@@ -91,13 +94,37 @@ pub async fn render() -> impl axum::response::IntoResponse {
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], install().render())
 }
 
-/// A durable consumer's lag (`num_pending` + `num_ack_pending`), as last seen by a [`LagMonitor`].
-#[derive(Debug, Clone, Default)]
-pub struct ConsumerLag(Arc<AtomicU64>);
+/// A durable consumer's lag (`num_pending` + `num_ack_pending`), as last read by a [`LagMonitor`],
+/// and when.
+///
+/// **Why it expires:** order-api turns orders away while the lag is above `MAX_CONSUMER_LAG`. If
+/// NATS goes away at such a moment, the lag cannot be read again, and a figure kept for ever would
+/// refuse every order for the whole outage, although the outbox could take them (it has its own
+/// bound, `OUTBOX_MAX_BACKLOG`). So a figure older than a few poll intervals counts as unknown, and
+/// an unknown lag refuses nothing.
+#[derive(Debug, Clone)]
+pub struct ConsumerLag {
+    last: Arc<Mutex<Option<(u64, Instant)>>>,
+    max_age: Duration,
+}
 
 impl ConsumerLag {
-    pub fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+    /// How many poll intervals a figure stays valid without being refreshed.
+    pub const VALID_FOR_POLLS: u32 = 3;
+
+    fn new(poll_interval: Duration) -> Self {
+        Self { last: Arc::default(), max_age: poll_interval * Self::VALID_FOR_POLLS }
+    }
+
+    /// The lag, if it was read within the last few poll intervals; `None` if it is unknown
+    /// (never read, or NATS has not answered since).
+    pub fn get(&self) -> Option<u64> {
+        let last = *self.last.lock().unwrap_or_else(PoisonError::into_inner);
+        last.filter(|(_, at)| at.elapsed() <= self.max_age).map(|(lag, _)| lag)
+    }
+
+    fn set(&self, lag: u64) {
+        *self.last.lock().unwrap_or_else(PoisonError::into_inner) = Some((lag, Instant::now()));
     }
 }
 
@@ -118,7 +145,7 @@ impl LagMonitor {
         consumer: &str,
         interval: Duration,
     ) -> Self {
-        Self { jetstream, stream, consumer: consumer.to_owned(), interval, lag: ConsumerLag::default() }
+        Self { jetstream, stream, consumer: consumer.to_owned(), interval, lag: ConsumerLag::new(interval) }
     }
 
     pub fn lag(&self) -> ConsumerLag {
@@ -137,9 +164,19 @@ impl LagMonitor {
         }
     }
 
-    /// Reads the consumer's state once. While the consumer does not exist yet (no worker has
-    /// started), everything in the stream is lag.
+    /// Reads the consumer's state once, waiting at most the poll interval (1 s at least): a
+    /// broker that does not answer must not stall the loop (the figure then expires, see
+    /// [`ConsumerLag`]).
     pub async fn poll(&self) {
+        let timeout = self.interval.max(Duration::from_secs(1));
+        if tokio::time::timeout(timeout, self.read()).await.is_err() {
+            tracing::debug!(consumer = %self.consumer, "JetStream did not report consumer lag in time");
+        }
+    }
+
+    /// While the consumer does not exist yet (no worker has started), everything in the stream
+    /// is lag.
+    async fn read(&self) {
         let Ok(mut stream) = self.jetstream.get_stream(self.stream).await else { return };
         let (pending, ack_pending, redelivered) = match stream.consumer_info(&self.consumer).await {
             Ok(info) => (info.num_pending, info.num_ack_pending as u64, info.num_redelivered as u64),
@@ -152,6 +189,6 @@ impl LagMonitor {
         gauge!(CONSUMER_PENDING, &labels).set(pending as f64);
         gauge!(CONSUMER_ACK_PENDING, &labels).set(ack_pending as f64);
         gauge!(CONSUMER_REDELIVERED, &labels).set(redelivered as f64);
-        self.lag.0.store(pending + ack_pending, Ordering::Relaxed);
+        self.lag.set(pending + ack_pending);
     }
 }

@@ -13,6 +13,17 @@
 //! rows later with the same `Nats-Msg-Id`: inside the stream's duplicate window the broker drops
 //! them; after it, consumers' idempotency does.
 //!
+//! **A row the broker refuses for good** (no stream for its subject, larger than the stream's
+//! `max_message_size`: see [`is_permanent`]) must not hold up the rows behind it. Sending it
+//! again cannot help, so such a refusal does not fail the round (no pause): the row records the
+//! error and waits `OUTBOX_RETRY_MAX` before it is tried again, out of the way. If it is still
+//! refused after `OUTBOX_QUARANTINE_AFTER` (5 min by default; the delay is there because "no
+//! stream" can also be an operator re-creating a stream), it is **quarantined**: kept, never
+//! sent, logged at error level and counted in `outbox_quarantined_messages`, until a person
+//! fixes the cause and releases it (`migrations/shared/0002_*.sql` shows how). Transient failures
+//! (timeouts, NATS down, a full stream) fail the round, and the relay pauses and retries as
+//! before.
+//!
 //! **Waking up:** the code that committed rows calls [`OutboxWaker::wake`], an in-process signal.
 //! A timer ([`RelaySettings::poll_interval`]) catches rows written by other processes or left by a
 //! crash. (Postgres `LISTEN/NOTIFY` would also work, but `NOTIFY` takes a database-wide lock at
@@ -78,7 +89,8 @@ impl OutboxWaker {
     }
 }
 
-/// How many rows wait to be sent and how old the oldest is, refreshed by the relay.
+/// How many rows wait to be sent and how old the oldest is (quarantined rows apart: they wait
+/// for a person, not for the relay), refreshed by the relay.
 #[derive(Debug, Clone, Default)]
 pub struct OutboxBacklog {
     pending: Arc<AtomicU64>,
@@ -90,10 +102,12 @@ impl OutboxBacklog {
         self.pending.load(Ordering::Relaxed)
     }
 
-    /// Counts unsent rows now.
+    /// Counts unsent rows now (and quarantined ones, for their gauge).
     pub async fn refresh(&self, pool: &PgPool) -> Result<u64, sqlx::Error> {
-        let (count, oldest_age): (i64, Option<f64>) = sqlx::query_as(
-            "SELECT count(*), extract(epoch FROM now() - min(created_at))::float8
+        let (count, oldest_age, quarantined): (i64, Option<f64>, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE quarantined_at IS NULL),
+                    extract(epoch FROM now() - min(created_at) FILTER (WHERE quarantined_at IS NULL))::float8,
+                    count(*) FILTER (WHERE quarantined_at IS NOT NULL)
              FROM outbox WHERE sent_at IS NULL",
         )
         .fetch_one(pool)
@@ -102,6 +116,7 @@ impl OutboxBacklog {
         self.pending.store(count, Ordering::Relaxed);
         metrics::gauge!(crate::metrics::OUTBOX_PENDING).set(count as f64);
         metrics::gauge!(crate::metrics::OUTBOX_OLDEST_AGE).set(oldest_age.unwrap_or(0.0));
+        metrics::gauge!(crate::metrics::OUTBOX_QUARANTINED).set(quarantined as f64);
         Ok(count)
     }
 }
@@ -121,6 +136,29 @@ pub enum RelayError {
     Database(#[from] sqlx::Error),
     #[error("publishing to JetStream failed")]
     Publish(#[from] jetstream::context::PublishError),
+}
+
+/// JetStream API errors that sending the same message again cannot cure: larger than the
+/// stream's `max_message_size` (10054), headers too large (10097), stream sealed (10109).
+const PERMANENT_ERROR_CODES: [jetstream::ErrorCode; 3] = [
+    jetstream::ErrorCode::STREAM_MESSAGE_EXCEEDS_MAXIMUM,
+    jetstream::ErrorCode::STREAM_HEADER_EXCEEDS_MAXIMUM,
+    jetstream::ErrorCode::STREAM_SEALED,
+];
+
+/// Whether the broker refused a message for good, rather than for now: no stream listens on its
+/// subject (NATS "no responders"), it is larger than the server's `max_payload`, or JetStream
+/// answered with one of [`PERMANENT_ERROR_CODES`]. Everything else (timeouts, a broken
+/// connection, a full stream, too many acks pending) is transient.
+pub fn is_permanent(err: &jetstream::context::PublishError) -> bool {
+    use jetstream::context::PublishErrorKind;
+    match err.kind() {
+        PublishErrorKind::StreamNotFound | PublishErrorKind::MaxPayloadExceeded => true,
+        PublishErrorKind::Other => std::error::Error::source(err)
+            .and_then(|source| source.downcast_ref::<jetstream::Error>())
+            .is_some_and(|api| PERMANENT_ERROR_CODES.contains(&api.error_code())),
+        _ => false,
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -157,12 +195,16 @@ impl OutboxRelay {
         self.backlog.clone()
     }
 
-    /// Relays until `shutdown` is cancelled. Errors are logged and retried with a growing pause:
-    /// the relay never gives up on a row.
+    /// Relays until `shutdown` is cancelled. Transient errors are logged and retried with a
+    /// growing pause; a row refused for good is set aside (see the module docs).
+    ///
+    /// Also prunes the messaging tables ([`crate::retention`]): every service that has an
+    /// outbox runs this relay, so every service's tables are pruned.
     pub async fn run(self, shutdown: CancellationToken) {
         // The backlog is counted on its own clock: while NATS is down a relay round can wait
         // seconds for PubAcks, and that is when the count matters most (it drives shedding).
-        tokio::join!(self.relay(&shutdown), self.count_backlog(&shutdown));
+        let pruner = crate::retention::Pruner::new(self.pool.clone(), self.settings.clone());
+        tokio::join!(self.relay(&shutdown), self.count_backlog(&shutdown), pruner.run(shutdown.clone()));
     }
 
     async fn count_backlog(&self, shutdown: &CancellationToken) {
@@ -176,7 +218,6 @@ impl OutboxRelay {
 
     async fn relay(&self, shutdown: &CancellationToken) {
         let mut pause = Duration::ZERO;
-        let mut last_prune = Instant::now();
         loop {
             let outcome = self.relay_batch().await;
             let wait = match outcome {
@@ -187,10 +228,6 @@ impl OutboxRelay {
                 }
                 Ok(_) => {
                     pause = Duration::ZERO;
-                    if last_prune.elapsed() > Duration::from_secs(60) {
-                        last_prune = Instant::now();
-                        self.prune().await;
-                    }
                     self.settings.poll_interval
                 }
                 Err(err) => {
@@ -216,7 +253,8 @@ impl OutboxRelay {
         let mut tx = self.pool.begin().await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
             "SELECT id, subject, dedupe_id, headers, payload FROM outbox
-             WHERE sent_at IS NULL ORDER BY id LIMIT $1
+             WHERE sent_at IS NULL AND quarantined_at IS NULL AND (retry_at IS NULL OR retry_at <= now())
+             ORDER BY id LIMIT $1
              FOR UPDATE SKIP LOCKED",
         )
         .bind(i64::from(self.settings.batch_size))
@@ -229,7 +267,7 @@ impl OutboxRelay {
         // First await of a JetStream publish: the message is handed to the connection.
         let started = Instant::now();
         let mut in_flight = Vec::with_capacity(rows.len());
-        let mut first_error: Option<jetstream::context::PublishError> = None;
+        let mut failures = Failures::default();
         for row in &rows {
             let mut headers = crate::messages::nats_headers(&row.headers, &row.dedupe_id);
             let message_id = row.headers.get(crate::messages::headers::ID).map_or("", String::as_str);
@@ -244,14 +282,7 @@ impl OutboxRelay {
             match self.jetstream.send_publish(row.subject.clone(), message).await {
                 Ok(ack) => in_flight.push((row, ack, span)),
                 // Keep going: one row the server refuses must not hold up the others.
-                Err(err) => {
-                    telemetry::record_error(&span, "publish_failed", &err.to_string());
-                    span.in_scope(
-                        || tracing::warn!(row = row.id, error = %err, "could not publish outbox row"),
-                    );
-                    sent_counter(&row.subject, Some("publish_failed")).increment(1);
-                    first_error.get_or_insert(err);
-                }
+                Err(err) => failures.record(row, &span, err),
             }
         }
         // Second await: the stream has stored it (or recognised a duplicate). Only then is the
@@ -275,43 +306,122 @@ impl OutboxRelay {
                     )
                     .record(latency);
                 }
-                Err(err) => {
-                    telemetry::record_error(&span, "publish_failed", &err.to_string());
-                    sent_counter(&row.subject, Some("publish_failed")).increment(1);
-                    first_error.get_or_insert(err);
-                }
+                Err(err) => failures.record(row, &span, err),
             }
         }
         sqlx::query("UPDATE outbox SET sent_at = now() WHERE id = ANY($1)")
             .bind(&sent)
             .execute(&mut *tx)
             .await?;
+        if !failures.refused.is_empty() {
+            self.set_aside(&mut tx, &failures.refused).await?;
+        }
         tx.commit().await?;
 
         tracing::debug!(sent = sent.len(), claimed = rows.len(), "relayed outbox rows");
-        match first_error {
+        match failures.transient {
             Some(err) => Err(err.into()),
             None => Ok(rows.len()),
         }
     }
 
-    /// Deletes sent rows older than the retention period, a bounded number at a time.
-    async fn prune(&self) {
-        let result = sqlx::query(
-            "DELETE FROM outbox WHERE id IN (
-                 SELECT id FROM outbox
-                 WHERE sent_at IS NOT NULL AND sent_at < now() - make_interval(secs => $1)
-                 LIMIT 10000)",
+    /// Records the broker's permanent refusal of these rows: each is tried again after
+    /// `retry_max`, and quarantined once it has been refused for `quarantine_after`.
+    async fn set_aside(
+        &self,
+        tx: &mut PgConnection,
+        refused: &[(&OutboxRow, String)],
+    ) -> Result<(), sqlx::Error> {
+        let ids: Vec<i64> = refused.iter().map(|(row, _)| row.id).collect();
+        let errors: Vec<&str> = refused.iter().map(|(_, error)| error.as_str()).collect();
+        let quarantined: Vec<i64> = sqlx::query_scalar::<_, Option<i64>>(
+            "UPDATE outbox SET
+                 last_error = refused.error,
+                 first_refused_at = coalesce(first_refused_at, now()),
+                 retry_at = now() + make_interval(secs => $3),
+                 quarantined_at = CASE WHEN coalesce(first_refused_at, now()) <= now() - make_interval(secs => $4)
+                                       THEN now() END
+             FROM unnest($1::int8[], $2::text[]) AS refused (id, error)
+             WHERE outbox.id = refused.id
+             RETURNING CASE WHEN outbox.quarantined_at IS NOT NULL THEN outbox.id END",
         )
-        .bind(self.settings.retention.as_secs_f64())
-        .execute(&self.pool)
-        .await;
-        match result {
-            Ok(done) if done.rows_affected() > 0 => {
-                tracing::debug!(rows = done.rows_affected(), "pruned sent outbox rows")
-            }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "could not prune the outbox"),
+        .bind(&ids)
+        .bind(&errors)
+        .bind(self.settings.retry_max.as_secs_f64())
+        .bind(self.settings.quarantine_after.as_secs_f64())
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+        for (row, error) in refused.iter().filter(|(row, _)| quarantined.contains(&row.id)) {
+            tracing::error!(
+                row = row.id,
+                subject = %row.subject,
+                dedupe_id = %row.dedupe_id,
+                error = %error,
+                "outbox row quarantined: the broker refuses it for good; fix the cause, then release it"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The rows of one round that were not sent: the first transient error (which fails the round),
+/// and the rows refused for good, with the broker's reason.
+#[derive(Default)]
+struct Failures<'a> {
+    transient: Option<jetstream::context::PublishError>,
+    refused: Vec<(&'a OutboxRow, String)>,
+}
+
+impl<'a> Failures<'a> {
+    fn record(&mut self, row: &'a OutboxRow, span: &tracing::Span, err: jetstream::context::PublishError) {
+        let permanent = is_permanent(&err);
+        let error_type = if permanent { "refused" } else { "publish_failed" };
+        telemetry::record_error(span, error_type, &err.to_string());
+        sent_counter(&row.subject, Some(error_type)).increment(1);
+        span.in_scope(
+            || tracing::warn!(row = row.id, error = %err, permanent, "could not publish outbox row"),
+        );
+        if permanent {
+            self.refused.push((row, err.to_string()));
+        } else {
+            self.transient.get_or_insert(err);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+
+    use super::*;
+
+    fn api_error(err_code: u64) -> PublishError {
+        let error: jetstream::Error = serde_json::from_value(
+            serde_json::json!({"code": 400, "err_code": err_code, "description": "refused"}),
+        )
+        .expect("a JetStream API error");
+        PublishError::with_source(PublishErrorKind::Other, error)
+    }
+
+    #[test]
+    fn refusals_that_sending_again_cannot_cure_are_permanent_and_the_rest_transient() {
+        for permanent in [
+            PublishError::new(PublishErrorKind::StreamNotFound),
+            PublishError::new(PublishErrorKind::MaxPayloadExceeded),
+            api_error(10054), // message larger than the stream's max_message_size
+        ] {
+            assert!(is_permanent(&permanent), "{permanent}");
+        }
+        for transient in [
+            PublishError::new(PublishErrorKind::TimedOut),
+            PublishError::new(PublishErrorKind::BrokenPipe),
+            PublishError::new(PublishErrorKind::MaxAckPending),
+            api_error(10077), // stream full (discard new): backpressure, it drains
+        ] {
+            assert!(!is_permanent(&transient), "{transient}");
         }
     }
 }

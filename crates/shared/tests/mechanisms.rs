@@ -186,3 +186,125 @@ async fn services_starting_together_create_the_database_and_migrate_their_schema
         assert_eq!(tables, 2);
     }
 }
+
+/// Commits these messages to the outbox, in one transaction.
+async fn commit_to_outbox(pool: &PgPool, messages: &[OutgoingMessage]) {
+    let mut tx = pool.begin().await.unwrap();
+    outbox::enqueue(&mut tx, messages).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
+/// A relay running in the background with these settings, until the token is cancelled.
+fn spawn_relay(
+    pool: &PgPool,
+    js: &async_nats::jetstream::Context,
+    env: &[(&str, &str)],
+) -> (tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
+    let settings = RelaySettings::from_env(&Env::from_pairs(env.iter().copied())).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let relay = tokio::spawn(OutboxRelay::new(pool.clone(), js.clone(), settings).run(shutdown.clone()));
+    (shutdown, relay)
+}
+
+/// A message the broker refuses for good (no stream for its subject; larger than the stream's
+/// `max_message_size`) is quarantined, counted and logged, and the rows behind it keep flowing at
+/// full speed instead of one batch per retry pause.
+#[tokio::test]
+async fn a_row_the_broker_refuses_for_good_is_quarantined_and_the_rows_behind_it_keep_flowing() {
+    let nats = NatsServer::start().await;
+    let db = TestDatabase::new();
+    let pool = messaging_schema(&db).await;
+    let js = nats.jetstream().await;
+    let small = NatsConfig::from_env(&Env::from_pairs([("ORDERS_STREAM_MAX_MSG_SIZE", "4KiB")])).unwrap();
+    topology::ensure_streams(&js, &small).await.unwrap();
+
+    let mut nowhere = order_message();
+    nowhere.subject = "nowhere.at.all".into();
+    let mut too_large = order_message();
+    too_large.payload = vec![b' '; 8 << 10];
+    let rows = [nowhere.clone(), too_large.clone()].into_iter().chain((0..3000).map(|_| order_message()));
+    commit_to_outbox(&pool, &rows.collect::<Vec<_>>()).await;
+
+    let handle = shared::metrics::install();
+    let (shutdown, relay) = spawn_relay(&pool, &js, &[("OUTBOX_QUARANTINE_AFTER", "0s")]);
+
+    // Before: about one batch of 256 per retry pause (up to 5 s): a minute for 3000 rows.
+    test_support::wait_until("every good row is in the stream", Duration::from_secs(15), || async {
+        (stream_len(&nats).await == 3000).then_some(())
+    })
+    .await;
+    test_support::wait_until("both bad rows are quarantined", Duration::from_secs(10), || async {
+        let quarantined: Vec<(uuid::Uuid, Option<String>)> = sqlx::query_as(
+            "SELECT message_id, last_error FROM outbox WHERE quarantined_at IS NOT NULL ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        (quarantined.len() == 2).then_some(quarantined)
+    })
+    .await
+    .into_iter()
+    .zip([&nowhere, &too_large])
+    .for_each(|((id, error), message)| {
+        assert_eq!(id, message.message_id);
+        assert!(error.is_some_and(|e| !e.is_empty()));
+    });
+    test_support::wait_until("the quarantine shows in /metrics", Duration::from_secs(10), || async {
+        let text = handle.render();
+        text.lines().any(|line| line == "outbox_quarantined_messages 2").then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    relay.await.unwrap();
+}
+
+/// "No stream" can also be passing (an operator re-creating a stream): before
+/// `OUTBOX_QUARANTINE_AFTER`, a refused row is only set aside and tried again now and then, and
+/// it is sent once a stream takes its subject.
+#[tokio::test]
+async fn a_refused_row_is_tried_again_and_sent_once_a_stream_takes_its_subject() {
+    let nats = NatsServer::start().await;
+    let db = TestDatabase::new();
+    let pool = messaging_schema(&db).await;
+    let js = nats.jetstream().await;
+    topology::ensure_streams(&js, &NatsConfig::from_env(&Env::from_pairs([])).unwrap()).await.unwrap();
+
+    let mut early = order_message();
+    early.subject = "late.arrival".into();
+    let rows = std::iter::once(early.clone()).chain((0..100).map(|_| order_message()));
+    commit_to_outbox(&pool, &rows.collect::<Vec<_>>()).await;
+
+    let (shutdown, relay) =
+        spawn_relay(&pool, &js, &[("OUTBOX_QUARANTINE_AFTER", "1h"), ("OUTBOX_RETRY_MAX", "200ms")]);
+    test_support::wait_until("the good rows are sent", Duration::from_secs(10), || async {
+        (stream_len(&nats).await == 100).then_some(())
+    })
+    .await;
+    let (error, quarantined): (Option<String>, bool) = sqlx::query_as(
+        "SELECT last_error, quarantined_at IS NOT NULL FROM outbox WHERE message_id = $1 AND sent_at IS NULL",
+    )
+    .bind(early.message_id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(error.is_some(), "the refusal is recorded");
+    assert!(!quarantined, "not before OUTBOX_QUARANTINE_AFTER");
+
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "late".into(),
+        subjects: vec!["late.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    test_support::wait_until("the row is sent once a stream takes it", Duration::from_secs(10), || async {
+        let unsent: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox WHERE sent_at IS NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        (unsent == 0).then_some(())
+    })
+    .await;
+    shutdown.cancel();
+    relay.await.unwrap();
+}

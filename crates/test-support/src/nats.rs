@@ -84,6 +84,23 @@ impl NatsServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP), as a hung broker or a stalled VM would: its TCP connections
+    /// stay open, but it answers nothing until [`NatsServer::thaw`].
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Resumes a frozen server (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("nats-server is running");
+        let status = Command::new("kill").args([signal, &child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill {signal} nats-server");
+    }
+
     /// A client connected to this server.
     pub async fn client(&self) -> async_nats::Client {
         async_nats::connect(self.url()).await.expect("connect to the test nats-server")
