@@ -1,19 +1,18 @@
 //! The stock API: `GET /inventory/{sku}`, `PUT /inventory/{sku}`, plus `GET /healthz` and
 //! `GET /readyz`. For demos and tests; reservations happen only through messages.
 
-use axum::{
-    Json, Router,
-    extract::{Path, State},
-    routing::get,
-};
+use axum::{Json, Router, extract::State, routing::get};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::{
-    http::{FieldError, JsonBody, Problem},
+    http::{FieldError, JsonBody, PathParam, Problem},
     messages::check_identifier,
 };
 
 use crate::AppState;
+
+/// `{"available": 1000000000}` needs a few dozen bytes; anything over this is refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024;
 
 /// Stock can be set up to this many units.
 pub const MAX_AVAILABLE: i64 = 1_000_000_000;
@@ -34,7 +33,7 @@ pub struct SetStock {
 pub fn router(state: AppState) -> Router {
     let api =
         Router::new().route("/inventory/{sku}", get(get_stock).put(set_stock)).route("/readyz", get(readyz));
-    shared::http::service_routes(api).with_state(state)
+    shared::http::service_routes(shared::http::body_limit(api, MAX_BODY_BYTES)).with_state(state)
 }
 
 fn checked_sku(sku: String) -> Result<String, Problem> {
@@ -42,7 +41,10 @@ fn checked_sku(sku: String) -> Result<String, Problem> {
     Ok(sku)
 }
 
-async fn get_stock(State(app): State<AppState>, Path(sku): Path<String>) -> Result<Json<StockView>, Problem> {
+async fn get_stock(
+    State(app): State<AppState>,
+    PathParam(sku): PathParam<String>,
+) -> Result<Json<StockView>, Problem> {
     let sku = checked_sku(sku)?;
     sqlx::query_as("SELECT sku, available, reserved, updated_at FROM inventory WHERE sku = $1")
         .bind(&sku)
@@ -56,7 +58,7 @@ async fn get_stock(State(app): State<AppState>, Path(sku): Path<String>) -> Resu
 /// Sets the available units of a SKU, creating it if it is new. Reserved units are untouched.
 async fn set_stock(
     State(app): State<AppState>,
-    Path(sku): Path<String>,
+    PathParam(sku): PathParam<String>,
     JsonBody(body): JsonBody<SetStock>,
 ) -> Result<Json<StockView>, Problem> {
     let sku = checked_sku(sku)?;

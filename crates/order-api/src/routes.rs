@@ -18,13 +18,13 @@ use std::{
 
 use axum::{
     Json, Router,
-    extract::{DefaultBodyLimit, Extension, Path, Request, State},
+    extract::{Extension, Request, State},
     http::{HeaderMap, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use shared::http::{FieldError, JsonBody, Problem, ProblemType};
+use shared::http::{FieldError, JsonBody, PathParam, Problem, ProblemType};
 use uuid::Uuid;
 
 use crate::{
@@ -58,7 +58,7 @@ pub fn router(state: AppState) -> Router {
 /// count is the outermost layer, so that it sees every answer: those of the handler, and
 /// those given before it ran (413, 415) or instead of it (a timeout).
 fn guarded<S: Clone + Send + Sync + 'static>(api: Router<S>, timeout: Duration) -> Router<S> {
-    api.layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+    shared::http::body_limit(api, MAX_BODY_BYTES)
         .layer(middleware::from_fn(move |request, next| request_timeout(timeout, request, next)))
         .layer(middleware::from_fn(count_orders))
 }
@@ -135,7 +135,10 @@ async fn place_order(
 }
 
 /// `GET /orders/{id}`: the order and its current status.
-async fn get_order(State(app): State<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn get_order(
+    State(app): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> Result<Response, Problem> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| Problem::bad_request(FieldError::parameter("id", "must be a UUID")))?;
     match store::find_order(&app.pool, id).await.map_err(Problem::database)? {

@@ -65,7 +65,9 @@ pub mod headers {
 /// The version every payload written today carries in its `version` field.
 pub const PAYLOAD_VERSION: u32 = 1;
 
-/// The rule for identifiers (customer IDs, SKUs): 1 to 64 characters from `A-Z a-z 0-9 . _ -`.
+/// The rule for identifiers (customer IDs, SKUs): 1 to 64 characters from `A-Z a-z 0-9 . _ -`,
+/// at least one of them a letter or digit (so `.` and `..`, which mean something else in a URL
+/// path, are not identifiers).
 pub fn check_identifier(value: &str) -> Result<(), &'static str> {
     if value.is_empty() {
         Err("must not be empty")
@@ -73,6 +75,8 @@ pub fn check_identifier(value: &str) -> Result<(), &'static str> {
         Err("must be at most 64 characters")
     } else if !value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) {
         Err("may contain only letters, digits, '.', '_' and '-'")
+    } else if !value.chars().any(|c| c.is_ascii_alphanumeric()) {
+        Err("must contain a letter or a digit")
     } else {
         Ok(())
     }

@@ -116,3 +116,20 @@ impl InventoryApi {
         assert!(response.status().is_success(), "PUT /inventory/{sku}: {}", response.status());
     }
 }
+
+/// Sends a raw HTTP/1.1 request to `base_url` (the head, then the whole body, as a simple client
+/// does, and with the path exactly as given: no client normalises `/..` away) and returns the
+/// first bytes of the answer. Panics if no answer comes within 3 s or the connection is reset.
+pub async fn raw_exchange(base_url: &str, head: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let address = base_url.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("send the head");
+    stream.write_all(body).await.expect("the server reads the body it is sent");
+    let mut answer = vec![0; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(3), stream.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("an answer, not a reset connection");
+    String::from_utf8_lossy(&answer[..read]).into_owned()
+}

@@ -3,6 +3,8 @@
 use reqwest::{StatusCode, header};
 use serde_json::{Value, json};
 
+use test_support::http::raw_exchange;
+
 use crate::helpers::spawn_app;
 
 /// Sends a raw body to `POST /orders` and returns the status and the problem document.
@@ -123,4 +125,46 @@ async fn garbage_never_causes_a_500() {
         let (status, _) = post_raw(&app, Some("application/json"), body.to_vec()).await;
         assert!(status.is_client_error(), "{status} for {:?}", String::from_utf8_lossy(body));
     }
+}
+
+#[tokio::test]
+async fn an_array_is_not_an_order_even_where_serde_would_read_one() {
+    let app = spawn_app().await;
+    let body = json!(["c-arr", [["WIDGET-1", 1]]]).to_string().into_bytes();
+    let (status, problem) = post_raw(&app, Some("application/json"), body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(pointers(&problem), ["#"]);
+    assert_eq!(app.orders_count().await, 0);
+}
+
+#[tokio::test]
+async fn a_path_parameter_that_is_not_utf8_is_a_problem_naming_it() {
+    let app = spawn_app().await;
+    let response = app.api.http().get(format!("{}/orders/%FF", app.api.base_url)).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/problem+json");
+    let problem: Value = response.json().await.unwrap();
+    assert_eq!(problem["errors"][0]["parameter"], "id", "{problem}");
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_413_at_once() {
+    let app = spawn_app().await;
+    let head = "POST /orders HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n\
+                Content-Length: 1000000000000\r\n\r\n";
+    let answer = raw_exchange(&app.api.base_url, head, b"{\"customer_id\"").await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("application/problem+json"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_simple_client_that_sends_a_whole_oversized_body_can_read_the_413() {
+    let app = spawn_app().await;
+    let body = vec![b' '; 1024 * 1024];
+    let head = format!(
+        "POST /orders HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let answer = raw_exchange(&app.api.base_url, &head, &body).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
 }

@@ -13,6 +13,10 @@
 //! named by `header` or `parameter` instead. Internal errors never reach the client: they are
 //! logged (with their cause chain) by [`log_server_errors`], and the client sees a generic 500.
 
+mod input;
+
+pub use input::{PathParam, QueryParams, body_limit, too_large};
+
 use std::{sync::Arc, time::Duration};
 
 use axum::{
@@ -411,8 +415,12 @@ fn body_rejection(rejection: BytesRejection) -> Problem {
     }
 }
 
-/// Parses JSON, naming the field when a value has the wrong type.
+/// Parses a JSON object, naming the field when a value has the wrong type. Only an object is
+/// a request body here: serde would also read a struct from an array (`["c-1", [...]]`).
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Problem> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(Problem::validation(vec![FieldError::pointer("#", "expected an object, not an array")]));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         if err.inner().is_data() {
@@ -507,6 +515,13 @@ mod tests {
     #[test]
     fn a_body_that_is_not_an_object_points_at_the_root() {
         let problem = parse_json::<Body>(br#""an order, please""#).unwrap_err();
+        assert_eq!(problem.status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(problem.errors[0].pointer.as_deref(), Some("#"));
+    }
+
+    #[test]
+    fn an_array_is_not_an_object_even_where_serde_would_read_one() {
+        let problem = parse_json::<Body>(br#" [[{"quantity": 1}]]"#).unwrap_err();
         assert_eq!(problem.status, StatusCode::UNPROCESSABLE_ENTITY);
         assert_eq!(problem.errors[0].pointer.as_deref(), Some("#"));
     }
