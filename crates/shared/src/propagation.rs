@@ -90,6 +90,54 @@ pub fn extract(headers: Option<&HeaderMap>) -> Context {
     }
 }
 
+/// The trace context a client sent with an HTTP request, taken as far as it can be trusted: its
+/// `traceparent` is continued, its `tracestate` bounded to W3C's limits ([`bounded_tracestate`]),
+/// and its `baggage` left out. Whatever is taken here rides along in every message and
+/// dead-letter row of the order, so a client must not be able to put kilobytes of its own there.
+pub fn extract_from_client(headers: &axum::http::HeaderMap) -> Context {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let carrier = ClientTraceContext {
+        traceparent: header("traceparent").filter(|value| is_well_formed_traceparent(value)),
+        tracestate: header("tracestate").map(bounded_tracestate),
+    };
+    TraceContextPropagator::new().extract(&carrier)
+}
+
+struct ClientTraceContext<'a> {
+    traceparent: Option<&'a str>,
+    tracestate: Option<String>,
+}
+
+impl Extractor for ClientTraceContext<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        match key {
+            "traceparent" => self.traceparent,
+            "tracestate" => self.tracestate.as_deref(),
+            _ => None,
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        vec!["traceparent", "tracestate"]
+    }
+}
+
+/// W3C Trace Context's limits on `tracestate`: at most 32 list members, and a header longer than
+/// 512 characters is cut by first dropping members longer than 128 characters, then members from
+/// the end.
+pub fn bounded_tracestate(value: &str) -> String {
+    let mut members: Vec<&str> =
+        value.split(',').map(str::trim).filter(|member| !member.is_empty()).take(32).collect();
+    let length = |members: &[&str]| members.iter().map(|m| m.len() + 1).sum::<usize>().saturating_sub(1);
+    if length(&members) > 512 {
+        members.retain(|member| member.len() <= 128);
+    }
+    while length(&members) > 512 {
+        members.pop();
+    }
+    members.join(",")
+}
+
 /// The trace ID in a `traceparent` header, if it carries a valid one.
 pub fn trace_id(headers: Option<&HeaderMap>) -> Option<String> {
     use opentelemetry::trace::TraceContextExt;
@@ -106,6 +154,33 @@ mod tests {
         baggage::BaggageExt,
         trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState},
     };
+
+    #[test]
+    fn a_clients_trace_is_continued_its_tracestate_bounded_and_its_baggage_left_out() {
+        use opentelemetry::trace::TraceContextExt;
+        let mut headers = axum::http::HeaderMap::new();
+        let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        headers.insert("traceparent", traceparent.parse().unwrap());
+        let huge = format!("big={},vendor=ok", "x".repeat(6000));
+        headers.insert("tracestate", huge.parse().unwrap());
+        headers.insert("baggage", "user=alice,plan=gold".parse().unwrap());
+
+        let cx = extract_from_client(&headers);
+
+        assert_eq!(cx.span().span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(cx.span().span_context().trace_state().header(), "vendor=ok");
+        assert_eq!(cx.baggage().len(), 0, "client baggage is not taken");
+    }
+
+    #[test]
+    fn tracestate_keeps_to_the_w3c_limits() {
+        let many: Vec<String> = (0..40).map(|n| format!("k{n}=v")).collect();
+        assert_eq!(bounded_tracestate(&many.join(",")).split(',').count(), 32);
+        let long: Vec<String> = (0..10).map(|n| format!("k{n}={}", "v".repeat(100))).collect();
+        let bounded = bounded_tracestate(&long.join(","));
+        assert!(bounded.len() <= 512 && bounded.starts_with("k0="), "{bounded}");
+        assert_eq!(bounded_tracestate("a=1, b=2"), "a=1,b=2");
+    }
 
     fn remote_context() -> Context {
         let span_context = SpanContext::new(

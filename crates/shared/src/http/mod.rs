@@ -283,10 +283,7 @@ fn server_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
         url.path = request.uri().path(),
         http.response.status_code = tracing::field::Empty,
     );
-    let parent = opentelemetry::propagation::TextMapPropagator::extract(
-        crate::propagation::propagator(),
-        &opentelemetry_http::HeaderExtractor(request.headers()),
-    );
+    let parent = crate::propagation::extract_from_client(request.headers());
     // Before the span is first entered, or the parent would not take.
     span.set_parent(parent).ok();
     span
