@@ -70,6 +70,10 @@ pub fn install() -> PrometheusHandle {
 fn describe() {
     describe_histogram!(HTTP_REQUEST_DURATION, Unit::Seconds, "Duration of HTTP server requests.");
     describe_counter!(SENT_MESSAGES, "Messages published to NATS by the outbox relay.");
+    describe_counter!(
+        crate::http::CONNECTIONS_REFUSED,
+        "HTTP connections closed on arrival because the connection cap was reached."
+    );
     describe_histogram!(OPERATION_DURATION, Unit::Seconds, "Publish latency, from send to PubAck.");
     describe_counter!(CONSUMED_MESSAGES, "Messages a consumer delivered to the service, by outcome.");
     describe_histogram!(PROCESS_DURATION, Unit::Seconds, "Time to process a message, by outcome.");

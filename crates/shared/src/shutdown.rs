@@ -82,11 +82,12 @@ impl Tasks {
         });
     }
 
-    /// Serves HTTP until shutdown; requests in flight are finished first.
+    /// Serves HTTP until shutdown, within [`ServerLimits`](crate::http::ServerLimits); requests
+    /// in flight are finished first.
     pub fn serve_http(&mut self, listener: tokio::net::TcpListener, router: axum::Router) {
         let stop = self.shutdown.clone();
         self.spawn("http", async move {
-            axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await?;
+            crate::http::serve(listener, router, crate::http::ServerLimits::default(), stop).await;
             Ok(())
         });
     }

@@ -14,8 +14,10 @@
 //! logged (with their cause chain) by [`log_server_errors`], and the client sees a generic 500.
 
 mod input;
+mod server;
 
 pub use input::{PathParam, QueryParams, body_limit, too_large};
+pub use server::{CONNECTIONS_REFUSED, ServerLimits, serve};
 
 use std::{sync::Arc, time::Duration};
 
