@@ -357,10 +357,18 @@ async fn a_batch_held_up_in_capture_is_kept_in_progress() {
         (stream.consumer_info("dlq-service").await.ok()?.num_ack_pending == 5).then_some(())
     })
     .await;
-    // Three ack waits: without keep-alive every message would be redelivered by now.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let info = stream.consumer_info("dlq-service").await.unwrap();
-    assert_eq!(info.num_redelivered, 0, "{info:?}");
+    // A second replica pulls for three ack waits: without keep-alive the batch's messages
+    // would be redelivered to it after the first.
+    let replica: PullConsumer = stream.get_consumer("dlq-service").await.unwrap();
+    let mut pulled =
+        replica.batch().max_messages(10).expires(Duration::from_secs(3)).messages().await.unwrap();
+    let mut redelivered = 0;
+    while let Some(message) = pulled.next().await {
+        if message.is_ok() {
+            redelivered += 1;
+        }
+    }
+    assert_eq!(redelivered, 0, "the batch is kept in progress while capture is held up");
     lock.commit().await.unwrap();
     dlq.wait_for_rows(5).await;
 }
