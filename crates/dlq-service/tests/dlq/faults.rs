@@ -215,7 +215,8 @@ async fn a_payload_with_a_nul_character_is_recorded_losslessly() {
     let mut headers = HeaderMap::new();
     headers.insert(dead_letter::SOURCE_STREAM, ORDERS_STREAM);
     headers.insert(dead_letter::SOURCE_SEQUENCE, "5");
-    headers.insert(dead_letter::REASON, "payload is not valid JSON for this event");
+    headers.insert(dead_letter::REASON, "not JSON: \0 here");
+    headers.insert("ce-source", "a\0b");
     let payload = br#"{"version": 1, "customer_id": "a\u0000b"}"#.to_vec();
     js.publish_with_headers(dead_letter::POISON_SUBJECT, headers, payload.clone().into())
         .await
@@ -228,6 +229,9 @@ async fn a_payload_with_a_nul_character_is_recorded_losslessly() {
     assert_eq!(status, StatusCode::OK);
     let row = &page["items"][0];
     assert!(row["payload"].is_null(), "not as jsonb");
+    // Text fields are descriptions: a NUL shows as U+FFFD (the exact bytes are the payload's).
+    assert_eq!(row["reason"], "unprocessable message: not JSON: \u{FFFD} here");
+    assert_eq!(row["headers"]["ce-source"], "a\u{FFFD}b");
     let stored: Vec<u8> =
         sqlx::query_scalar("SELECT payload FROM dead_letters").fetch_one(&dlq.pool).await.unwrap();
     assert_eq!(stored, payload, "the exact bytes");
