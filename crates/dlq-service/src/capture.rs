@@ -17,7 +17,8 @@
 //! # Which advisories are believed
 //! An advisory makes capture *delete* a message, so it is checked first (see [`vet`]): its
 //! subject must name a stream of [`DEAD_LETTER_SOURCES`] and a consumer, and its body must be a
-//! max-deliver advisory naming that same stream and consumer. Anything else (a stray or forged
+//! max-deliver advisory naming that same stream and consumer; for the work queue, the message
+//! must also be one its consumer has delivered (`contradiction`). Anything else (a stray or forged
 //! message) is recorded as `unrecognised` for a person to look at, and nothing is deleted.
 //! Publishing on `$JS.EVENT.>` at all is for the server alone: NATS permissions keep clients out.
 //!
@@ -45,7 +46,9 @@ use std::{
 
 use async_nats::{
     HeaderMap,
-    jetstream::{self, AckKind, consumer::PullConsumer, stream::DirectGetErrorKind},
+    jetstream::{
+        self, AckKind, consumer::PullConsumer, context::ConsumerInfoErrorKind, stream::DirectGetErrorKind,
+    },
 };
 use chrono::{DateTime, Utc};
 use opentelemetry::trace::TraceContextExt;
@@ -137,9 +140,13 @@ impl Capture {
     pub async fn handle(&self, message: &jetstream::Message) -> Result<Captured, CaptureError> {
         let subject = message.subject.as_str();
         if subject.starts_with(MAX_DELIVERIES_ADVISORY_PREFIX) {
-            match vet(subject, &message.payload) {
-                Ok(advisory) => self.exhausted(&advisory, message.headers.as_ref(), None).await,
-                Err(why) => self.unrecognised(message, &why).await,
+            let advisory = match vet(subject, &message.payload) {
+                Ok(advisory) => advisory,
+                Err(why) => return self.unrecognised(message, &why).await,
+            };
+            match self.contradiction(&advisory).await? {
+                Some(why) => self.unrecognised(message, &why).await,
+                None => self.exhausted(&advisory, message.headers.as_ref(), None).await,
             }
         } else if subject == dead_letter::POISON_SUBJECT {
             self.poison(message).await
@@ -148,6 +155,27 @@ impl Capture {
         } else {
             self.unrecognised(message, "unrecognised message on orders_unprocessed").await
         }
+    }
+
+    /// For the work queue, whose message capture is about to delete: an advisory naming a
+    /// message its consumer has not even delivered yet is not believed. (A consumer that no
+    /// longer exists cannot be asked; then the subject and body checks of [`vet`] stand.)
+    async fn contradiction(&self, advisory: &MaxDeliveriesAdvisory) -> Result<Option<String>, CaptureError> {
+        if advisory.stream != ORDERS_STREAM {
+            return Ok(None);
+        }
+        let stream = self.jetstream.get_stream(ORDERS_STREAM).await.map_err(async_nats::Error::from)?;
+        let info = match stream.consumer_info(&advisory.consumer).await {
+            Ok(info) => info,
+            Err(err) if matches!(err.kind(), ConsumerInfoErrorKind::NotFound) => return Ok(None),
+            Err(err) => return Err(CaptureError::Nats(err.into())),
+        };
+        Ok((advisory.stream_seq > info.delivered.stream_sequence).then(|| {
+            format!(
+                "advisory names message {} of {ORDERS_STREAM}, which {} has not delivered yet",
+                advisory.stream_seq, advisory.consumer
+            )
+        }))
     }
 
     /// A message JetStream gave up on: read it back, record it, and remove it from the stream

@@ -168,6 +168,31 @@ async fn a_forged_advisory_naming_an_order_events_message_deletes_nothing() {
     assert_eq!(outbox_count(&dlq, "order_events.dead_lettered").await, 0);
 }
 
+/// Row 10: an advisory on the right subject, naming a waiting order its consumer has not
+/// delivered, does not delete it.
+#[tokio::test]
+async fn a_forged_advisory_naming_an_undelivered_order_deletes_nothing() {
+    let dlq = spawn_dlq().await;
+    let js = dlq.nats.jetstream().await;
+    short_lived_consumer(&js, ORDERS_STREAM, "orders.new", "inventory-worker").await;
+    let sequence = publish_message(&js, &OutgoingMessage::event(&order(1), "order-api")).await;
+    let forged = json!({
+        "type": "io.nats.jetstream.advisory.v1.max_deliver", "timestamp": "2026-11-22T10:00:00Z",
+        "stream": ORDERS_STREAM, "consumer": "inventory-worker", "stream_seq": sequence, "deliveries": 2,
+    });
+    let subject = format!("{}orders_stream.inventory-worker", topology::MAX_DELIVERIES_ADVISORY_PREFIX);
+    js.publish(subject, forged.to_string().into()).await.unwrap().await.unwrap();
+    dlq.wait_for_rows(1).await;
+    dlq.wait_until_captured().await;
+
+    assert!(still_in(&js, ORDERS_STREAM, sequence).await, "the order still waits for its worker");
+    let (stream, reason): (String, String) =
+        sqlx::query_as("SELECT source_stream, reason FROM dead_letters").fetch_one(&dlq.pool).await.unwrap();
+    assert_eq!(stream, UNPROCESSED_STREAM);
+    assert!(reason.contains("has not delivered yet"), "{reason}");
+    assert_eq!(outbox_count(&dlq, "order_events.dead_lettered").await, 0);
+}
+
 /// Row 11: an order exhausts its deliveries while dlq-service is down, and its advisory is
 /// lost; the sweep still records it (and only it: an order not yet delivered stays).
 #[tokio::test]
