@@ -18,9 +18,12 @@
 //!   a message in flight is finished with (acknowledged, terminated or given up on) within its
 //!   consumer's whole redelivery schedule (the sum of its BackOff over `max_deliver`
 //!   deliveries: about 23 s by default) after its first delivery, which was before it was
-//!   seen. A candidate still there after twice that long is captured. This relies on no
-//!   message being kept in progress for longer than its schedule (the consumer's cap on
-//!   in-progress time).
+//!   seen, **provided some worker keeps pulling** (a redelivery happens only on a pull). So the
+//!   clock of a candidate runs only between rounds in which its consumer was live (a pull is
+//!   waiting, or it delivered something since the previous round), and stands still
+//!   otherwise: with every worker stopped, nothing is captured. A candidate still there after
+//!   twice its schedule of live time is captured. This relies on no message being kept in progress for longer than its
+//!   schedule (the consumer's cap on in-progress time).
 //!
 //! Normally capture deletes a dead message within moments of its advisory, so the sweep finds
 //! nothing to capture. Cost per round: one consumer-info request per consumer, plus one direct
@@ -80,13 +83,17 @@ pub async fn run(
 #[derive(Debug)]
 pub struct Sweep {
     capture: Capture,
-    /// (consumer, stream sequence) → when first seen delivered and not finished with.
-    candidates: HashMap<(String, u64), Instant>,
+    /// (consumer, stream sequence) → for how long it was seen delivered and not finished with
+    /// while its consumer was live.
+    candidates: HashMap<(String, u64), Duration>,
+    last_round: Option<Instant>,
+    /// consumer → its delivery count at the previous round (to tell whether it is live).
+    deliveries: HashMap<String, u64>,
 }
 
 impl Sweep {
     pub fn new(capture: Capture) -> Self {
-        Self { capture, candidates: HashMap::new() }
+        Self { capture, candidates: HashMap::new(), deliveries: HashMap::new(), last_round: None }
     }
 
     /// One round over the consumers of `orders_stream`: returns how many dead letters it
@@ -97,6 +104,7 @@ impl Sweep {
         let consumers: Vec<_> =
             stream.consumers().try_collect().await.map_err(|e| CaptureError::Nats(e.into()))?;
         let now = Instant::now();
+        let since_last_round = self.last_round.replace(now).map(|last| now - last).unwrap_or_default();
         let mut still = HashMap::new();
         let mut found = 0;
         for info in consumers {
@@ -108,6 +116,9 @@ impl Sweep {
             };
             let settle = 2 * schedule(&info.config.backoff, info.config.ack_wait, max_deliver);
             let delivered = info.delivered.stream_sequence;
+            let previous = self.deliveries.insert(info.name.clone(), info.delivered.consumer_sequence);
+            let live =
+                info.num_waiting > 0 || previous.is_some_and(|p| p != info.delivered.consumer_sequence);
             let mut next = 1;
             while next <= delivered {
                 let message = match stream.direct_get_next_for_subject(filter, Some(next)).await {
@@ -120,9 +131,13 @@ impl Sweep {
                 }
                 next = message.sequence + 1;
                 let key = (info.name.clone(), message.sequence);
-                let first_seen = self.candidates.get(&key).copied().unwrap_or(now);
-                if info.num_ack_pending > 0 && now.duration_since(first_seen) < settle {
-                    still.insert(key, first_seen);
+                let unfinished_for = match self.candidates.get(&key) {
+                    Some(before) if live => *before + since_last_round,
+                    Some(before) => *before,
+                    None => Duration::ZERO,
+                };
+                if info.num_ack_pending > 0 && unfinished_for < settle {
+                    still.insert(key, unfinished_for);
                     continue;
                 }
                 let advisory = MaxDeliveriesAdvisory {

@@ -48,7 +48,18 @@ async fn short_lived_consumer(
     filter: &str,
     name: &str,
 ) -> PullConsumer {
-    let env = Env::from_pairs([("T_MAX_DELIVER", "2"), ("T_BACKOFF", "200ms")]);
+    two_delivery_consumer(js, stream, filter, name, "200ms").await
+}
+
+/// A durable consumer that gives up after two deliveries, `ack_wait` apart.
+async fn two_delivery_consumer(
+    js: &jetstream::Context,
+    stream: &'static str,
+    filter: &str,
+    name: &str,
+    ack_wait: &str,
+) -> PullConsumer {
+    let env = Env::from_pairs([("T_MAX_DELIVER", "2"), ("T_BACKOFF", ack_wait)]);
     let settings = ConsumerSettings::from_env(&env, "T", name).unwrap();
     topology::ensure_consumer(js, stream, filter, &settings).await.unwrap()
 }
@@ -230,6 +241,71 @@ async fn the_sweep_records_an_exhausted_order_whose_advisory_was_lost() {
     assert!(!still_in(&js, ORDERS_STREAM, sequence).await, "removed from the work queue");
     assert!(still_in(&js, ORDERS_STREAM, waiting).await, "a waiting order is not swept");
     assert_eq!(dlq.rows().await, 1);
+}
+
+/// Row 11, with messages in flight: while every worker is stopped nothing is swept (a message
+/// waiting for its redelivery is not dead); under load, where something is always ack
+/// pending, a dead message whose advisory was lost is found once it stayed unfinished for
+/// twice its consumer's schedule, and the messages in flight are not.
+#[tokio::test]
+async fn the_sweep_tells_a_lost_dead_letter_from_messages_in_flight() {
+    let servers = Servers::start().await;
+    let js = servers.nats.jetstream().await;
+    let dead = publish_message(&js, &OutgoingMessage::event(&order(1), "order-api")).await;
+    // Schedule: two deliveries 1 s apart, so 2 s; swept after 4 s of live time.
+    let consumer = two_delivery_consumer(&js, ORDERS_STREAM, "orders.new", "inventory-worker", "1s").await;
+    let failing = fail_every_delivery(consumer.clone());
+    wait_until("the MAX_DELIVERIES advisory is stored", Duration::from_secs(15), || async {
+        let unprocessed = js.get_stream(UNPROCESSED_STREAM).await.ok()?;
+        (unprocessed.cached_info().state.messages >= 1).then_some(())
+    })
+    .await;
+    failing.abort();
+    js.get_stream(UNPROCESSED_STREAM).await.unwrap().purge().await.unwrap();
+    // A second order is delivered once, then every worker stops: it waits for its redelivery.
+    let waiting = publish_message(&js, &OutgoingMessage::event(&order(1), "order-api")).await;
+    let mut first = consumer.fetch().max_messages(1).messages().await.unwrap();
+    assert_eq!(first.next().await.unwrap().unwrap().info().unwrap().stream_sequence, waiting);
+
+    let dlq = spawn_dlq_on(servers, &[("DLQ_SWEEP_INTERVAL", "200ms")]).await;
+    // Observe for longer than the 4 s a live consumer would need (a negative check: a window).
+    let early = tokio::time::timeout(Duration::from_secs(6), async {
+        while dlq.rows().await == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(early.is_err(), "nothing is swept while no worker pulls");
+
+    // Load: a worker takes each order, holds it 300 ms, and acknowledges it after taking the
+    // next, so that something is always ack pending.
+    let load = tokio::spawn({
+        let (js, consumer) = (js.clone(), consumer.clone());
+        async move {
+            let mut held: Option<jetstream::Message> = None;
+            loop {
+                publish_message(&js, &OutgoingMessage::event(&order(1), "order-api")).await;
+                let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+                if let Some(Ok(next)) = batch.next().await {
+                    if let Some(previous) = held.replace(next) {
+                        previous.double_ack().await.unwrap();
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    });
+    dlq.wait_for_rows(1).await;
+    load.abort();
+
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT source_sequence, reason FROM dead_letters")
+        .fetch_all(&dlq.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].0, dead as i64);
+    assert!(rows[0].1.contains("sweep"), "{rows:?}");
+    assert!(!still_in(&js, ORDERS_STREAM, dead).await);
 }
 
 /// Row 13: a payload Postgres `jsonb` cannot hold (a NUL) is recorded exactly, not retried.
