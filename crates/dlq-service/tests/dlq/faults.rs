@@ -286,10 +286,10 @@ async fn the_sweep_tells_a_lost_dead_letter_from_messages_in_flight() {
             loop {
                 publish_message(&js, &OutgoingMessage::event(&order(1), "order-api")).await;
                 let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
-                if let Some(Ok(next)) = batch.next().await {
-                    if let Some(previous) = held.replace(next) {
-                        previous.double_ack().await.unwrap();
-                    }
+                if let Some(Ok(next)) = batch.next().await
+                    && let Some(previous) = held.replace(next)
+                {
+                    previous.double_ack().await.unwrap();
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
