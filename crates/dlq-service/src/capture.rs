@@ -2,35 +2,64 @@
 //!
 //! Three kinds of message arrive there:
 //!
-//! - **MAX_DELIVERIES advisories** (`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.orders_stream.<consumer>`):
-//!   JetStream gave up on a message. An advisory is only a pointer (stream, consumer,
-//!   `stream_seq`, deliveries), so the original, payload and headers, is read back from
-//!   `orders_stream` by sequence. The row (and, for an order, an `order_events.dead_lettered`
-//!   event in the outbox) is committed in one transaction, **then** the original is deleted from
-//!   the work queue (which would otherwise keep a max-delivered message forever), **then** the
-//!   advisory is acknowledged. A crash anywhere in between repeats the steps, harmlessly: the
-//!   row is unique on stream and sequence.
+//! - **MAX_DELIVERIES advisories** (`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`),
+//!   for the consumers of both `orders_stream` and `order_events`: JetStream gave up on a
+//!   message. An advisory is only a pointer (stream, consumer, `stream_seq`, deliveries), so the
+//!   original, payload and headers, is read back by sequence. The row is committed, **then**
+//!   (work queue only, see below) the original is deleted, **then** the advisory is
+//!   acknowledged. A crash anywhere in between repeats the steps, harmlessly: the row is unique
+//!   on stream and sequence.
 //! - **Poison copies** (`orders_unprocessed.poison`): a consumer could not read a message, copied
 //!   it here with the reason, and terminated the original.
 //! - **Last errors** (`orders_unprocessed.last_error`): why a message's last attempt failed, sent
 //!   just before JetStream gives up on it.
+//!
+//! # Which advisories are believed
+//! An advisory makes capture *delete* a message, so it is checked first (see [`vet`]): its
+//! subject must name a stream of [`DEAD_LETTER_SOURCES`] and a consumer, and its body must be a
+//! max-deliver advisory naming that same stream and consumer; for the work queue, the message
+//! must also be one its consumer has delivered (`contradiction`). Anything else (a stray or forged
+//! message) is recorded as `unrecognised` for a person to look at, and nothing is deleted.
+//! Publishing on `$JS.EVENT.>` at all is for the server alone: NATS permissions keep clients out.
+//!
+//! # The two source streams differ
+//! - `orders_stream` is a work queue: a max-delivered message would stay in it forever, so once
+//!   its row is committed it is deleted. The dead message *is* the order, so the row also
+//!   announces `order_events.dead_lettered` (in the same transaction): the order's status
+//!   becomes `dead_lettered`, which is the truth about it.
+//! - `order_events` is a limits stream with any number of readers: a message the projection
+//!   gave up on is still good for the others, so it is **not** deleted. No `dead_lettered` event
+//!   is announced either: the order's outcome did happen (it was reserved or rejected); what
+//!   failed is order-api's *view* of it, and calling the order dead would be false. The order
+//!   shows its last projected status (usually `pending`) while the dead letter, with its
+//!   `order_id`, waits in review. Replaying it republishes the event to its subject with the
+//!   same `ce-id`: the projection applies it, and other readers, idempotent on `ce-id` as every
+//!   consumer here must be, ignore it.
+//!
+//! Capture also recovers what it cannot be told: advisories are best effort, and
+//! [`crate::sweep`] finds the messages whose advisory never arrived.
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::Duration,
+};
 
 use async_nats::{
     HeaderMap,
-    jetstream::{self, consumer::PullConsumer, stream::DirectGetErrorKind},
+    jetstream::{
+        self, AckKind, consumer::PullConsumer, context::ConsumerInfoErrorKind, stream::DirectGetErrorKind,
+    },
 };
 use chrono::{DateTime, Utc};
 use opentelemetry::trace::TraceContextExt;
 use serde::Deserialize;
 use shared::{
     db,
-    messages::{self, OrderPlaced, dead_letter},
+    messages::{self, dead_letter},
     outbox::OutboxWaker,
     propagation,
     puller::pull_batch,
-    topology::UNPROCESSED_STREAM,
+    topology::{DEAD_LETTER_SOURCES, MAX_DELIVERIES_ADVISORY_PREFIX, ORDERS_STREAM, UNPROCESSED_STREAM},
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -53,7 +82,30 @@ pub struct MaxDeliveriesAdvisory {
 }
 
 pub const MAX_DELIVERIES_TYPE: &str = "io.nats.jetstream.advisory.v1.max_deliver";
-const ADVISORY_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.";
+
+/// Checks an advisory before capture acts on it (see the module docs): `Err` says why it is
+/// not believed.
+pub fn vet(subject: &str, payload: &[u8]) -> Result<MaxDeliveriesAdvisory, String> {
+    let tokens = subject.strip_prefix(MAX_DELIVERIES_ADVISORY_PREFIX).unwrap_or_default();
+    let Some((stream, consumer)) = tokens.split_once('.').filter(|(_, c)| !c.is_empty() && !c.contains('.'))
+    else {
+        return Err(format!("advisory subject {subject:?} does not name a stream and a consumer"));
+    };
+    if !DEAD_LETTER_SOURCES.contains(&stream) {
+        return Err(format!("advisory for stream {stream:?}, which is not one this service captures"));
+    }
+    let advisory = serde_json::from_slice::<MaxDeliveriesAdvisory>(payload)
+        .ok()
+        .filter(|a| a.kind == MAX_DELIVERIES_TYPE)
+        .ok_or_else(|| "unreadable MAX_DELIVERIES advisory".to_owned())?;
+    if advisory.stream != stream || advisory.consumer != consumer {
+        return Err(format!(
+            "advisory body names {}/{} but its subject {stream}/{consumer}",
+            advisory.stream, advisory.consumer
+        ));
+    }
+    Ok(advisory)
+}
 
 /// What capture did with one message of `orders_unprocessed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,12 +139,14 @@ impl Capture {
     /// retried); anything unreadable is recorded, never dropped.
     pub async fn handle(&self, message: &jetstream::Message) -> Result<Captured, CaptureError> {
         let subject = message.subject.as_str();
-        if subject.starts_with(ADVISORY_PREFIX) {
-            match serde_json::from_slice::<MaxDeliveriesAdvisory>(&message.payload) {
-                Ok(advisory) if advisory.kind == MAX_DELIVERIES_TYPE => {
-                    self.exhausted(&advisory, message.headers.as_ref()).await
-                }
-                _ => self.unrecognised(message, "unreadable MAX_DELIVERIES advisory").await,
+        if subject.starts_with(MAX_DELIVERIES_ADVISORY_PREFIX) {
+            let advisory = match vet(subject, &message.payload) {
+                Ok(advisory) => advisory,
+                Err(why) => return self.unrecognised(message, &why).await,
+            };
+            match self.contradiction(&advisory).await? {
+                Some(why) => self.unrecognised(message, &why).await,
+                None => self.exhausted(&advisory, message.headers.as_ref(), None).await,
             }
         } else if subject == dead_letter::POISON_SUBJECT {
             self.poison(message).await
@@ -103,11 +157,35 @@ impl Capture {
         }
     }
 
-    /// A message JetStream gave up on: read it back, record it, remove it from the work queue.
-    async fn exhausted(
+    /// For the work queue, whose message capture is about to delete: an advisory naming a
+    /// message its consumer has not even delivered yet is not believed. (A consumer that no
+    /// longer exists cannot be asked; then the subject and body checks of [`vet`] stand.)
+    async fn contradiction(&self, advisory: &MaxDeliveriesAdvisory) -> Result<Option<String>, CaptureError> {
+        if advisory.stream != ORDERS_STREAM {
+            return Ok(None);
+        }
+        let stream = self.jetstream.get_stream(ORDERS_STREAM).await.map_err(async_nats::Error::from)?;
+        let info = match stream.consumer_info(&advisory.consumer).await {
+            Ok(info) => info,
+            Err(err) if matches!(err.kind(), ConsumerInfoErrorKind::NotFound) => return Ok(None),
+            Err(err) => return Err(CaptureError::Nats(err.into())),
+        };
+        Ok((advisory.stream_seq > info.delivered.stream_sequence).then(|| {
+            format!(
+                "advisory names message {} of {ORDERS_STREAM}, which {} has not delivered yet",
+                advisory.stream_seq, advisory.consumer
+            )
+        }))
+    }
+
+    /// A message JetStream gave up on: read it back, record it, and remove it from the stream
+    /// if it is the work queue. `found_by` replaces the reason when the advisory was not
+    /// received but reconstructed (by the sweep).
+    pub(crate) async fn exhausted(
         &self,
         advisory: &MaxDeliveriesAdvisory,
         link: Option<&HeaderMap>,
+        found_by: Option<&str>,
     ) -> Result<Captured, CaptureError> {
         let sequence = i64::try_from(advisory.stream_seq).unwrap_or(i64::MAX);
         let stream = self.jetstream.get_stream(&advisory.stream).await.map_err(async_nats::Error::from)?;
@@ -122,7 +200,10 @@ impl Capture {
             consumer: Some(advisory.consumer.clone()),
             deliveries: i32::try_from(advisory.deliveries).ok(),
             failed_at: advisory.timestamp,
-            reason: format!("delivery limit reached: {} attempts failed", advisory.deliveries),
+            reason: match found_by {
+                Some(found_by) => format!("delivery limit reached ({found_by})"),
+                None => format!("delivery limit reached: {} attempts failed", advisory.deliveries),
+            },
             kind: "exhausted",
             ..Default::default()
         };
@@ -143,9 +224,10 @@ impl Capture {
         letter.trace_id = original.as_ref().and_then(|o| propagation::trace_id(Some(&o.headers)));
         let span = capture_span(original.as_ref().map(|o| &o.headers), link);
         let captured = self.store(&letter).instrument(span).await?;
-        if original.is_some() {
+        if original.is_some() && advisory.stream == ORDERS_STREAM {
             // Committed: now the work queue may forget it. If this fails, the advisory is
-            // retried and finds its row already recorded.
+            // retried and finds its row already recorded. (`order_events` keeps its messages
+            // for its other readers.)
             stream.delete_message(advisory.stream_seq).await.map_err(async_nats::Error::from)?;
         }
         Ok(captured)
@@ -244,7 +326,18 @@ impl Capture {
     /// it once handled. A message that could not be handled is left unacknowledged, so JetStream
     /// delivers it again after the consumer's BackOff step; while Postgres is unreachable
     /// nothing is pulled.
-    pub async fn run(self, consumer: PullConsumer, batch_size: usize, shutdown: CancellationToken) {
+    ///
+    /// Messages are handled one after another, so the last of a batch may wait longer than
+    /// `ack_wait`: while the batch is worked on, the messages not reached yet are marked in
+    /// progress every `ack_wait / 2`, or JetStream would redeliver them to another replica
+    /// (harmless, capture is idempotent, but it wastes one of their deliveries).
+    pub async fn run(
+        self,
+        consumer: PullConsumer,
+        batch_size: usize,
+        ack_wait: Duration,
+        shutdown: CancellationToken,
+    ) {
         while !shutdown.is_cancelled() {
             let batch = tokio::select! {
                 biased;
@@ -259,22 +352,39 @@ impl Capture {
                     continue;
                 }
             };
-            let mut database_down = false;
-            for message in messages {
-                match self.handle(&message).await {
-                    Ok(_) => {
-                        message.ack().await.ok();
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, subject = %message.subject, "capture failed; will retry");
-                        if matches!(&err, CaptureError::Database(e) if db::is_unavailable(e)) {
-                            // The rest of the batch would fail too: leave it for later.
-                            database_down = true;
-                            break;
+            let reached = AtomicUsize::new(0);
+            let work = async {
+                for (index, message) in messages.iter().enumerate() {
+                    reached.store(index, Ordering::Relaxed);
+                    match self.handle(message).await {
+                        Ok(_) => {
+                            message.ack().await.ok();
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, subject = %message.subject, "capture failed; will retry");
+                            if matches!(&err, CaptureError::Database(e) if db::is_unavailable(e)) {
+                                // The rest of the batch would fail too: leave it for later.
+                                return true;
+                            }
                         }
                     }
                 }
-            }
+                false
+            };
+            let keep_alive = async {
+                let mut tick = tokio::time::interval(ack_wait / 2);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    for message in &messages[reached.load(Ordering::Relaxed)..] {
+                        message.ack_with(AckKind::Progress).await.ok();
+                    }
+                }
+            };
+            let database_down = tokio::select! {
+                down = work => down,
+                never = keep_alive => never,
+            };
             if database_down {
                 db::wait_until_available(&self.pool, &shutdown).await;
             }
@@ -314,9 +424,15 @@ fn ce_id(headers: &HeaderMap) -> Option<Uuid> {
     messages::Envelope::from_headers(Some(headers)).ok().map(|e| e.id)
 }
 
-/// The order a payload is about, if it is an order at all.
+/// The order a payload is about, read leniently: the `order_id` field of any JSON object,
+/// whatever its version, so that an order whose payload this build cannot decode still gets
+/// its dead letter tied to it (and its status told).
 fn order_id(payload: &[u8]) -> Option<Uuid> {
-    messages::decode::<OrderPlaced>(payload).ok().map(|order| order.order_id)
+    #[derive(Deserialize)]
+    struct AboutAnOrder {
+        order_id: Uuid,
+    }
+    serde_json::from_slice::<AboutAnOrder>(payload).ok().map(|about| about.order_id)
 }
 
 #[cfg(test)]
@@ -346,5 +462,43 @@ mod tests {
     fn only_orders_have_an_order_id() {
         assert_eq!(order_id(b"not json"), None);
         assert_eq!(order_id(br#"{"version": 1, "something": "else"}"#), None);
+        let id = Uuid::now_v7();
+        let future = format!(r#"{{"version": 99, "order_id": "{id}", "lines": "changed shape"}}"#);
+        assert_eq!(order_id(future.as_bytes()), Some(id), "a version this build cannot decode");
+    }
+
+    #[test]
+    fn only_advisories_of_our_streams_matching_their_subject_are_believed() {
+        let body = |stream: &str, consumer: &str| {
+            format!(
+                r#"{{"type":"{MAX_DELIVERIES_TYPE}","timestamp":"2026-11-22T10:00:00Z","stream":"{stream}","consumer":"{consumer}","stream_seq":7,"deliveries":5}}"#
+            )
+        };
+        let subject = |tokens: &str| format!("{MAX_DELIVERIES_ADVISORY_PREFIX}{tokens}");
+        assert!(
+            vet(
+                &subject("orders_stream.inventory-worker"),
+                body("orders_stream", "inventory-worker").as_bytes()
+            )
+            .is_ok()
+        );
+        assert!(
+            vet(
+                &subject("order_events.order-api-projection"),
+                body("order_events", "order-api-projection").as_bytes()
+            )
+            .is_ok()
+        );
+        for (tokens, stream, consumer) in [
+            ("orders_stream.inventory-worker", "order_events", "inventory-worker"),
+            ("orders_stream.inventory-worker", "orders_stream", "someone-else"),
+            ("other_stream.x", "other_stream", "x"),
+            ("orders_stream", "orders_stream", ""),
+        ] {
+            assert!(
+                vet(&subject(tokens), body(stream, consumer).as_bytes()).is_err(),
+                "{tokens} {stream} {consumer}"
+            );
+        }
     }
 }

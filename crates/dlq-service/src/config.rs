@@ -18,17 +18,26 @@ pub struct Config {
     /// `LAG_POLL_INTERVAL`: how often the capture consumer's lag and the number of dead
     /// letters waiting for review are refreshed for /metrics.
     pub lag_poll_interval: Duration,
+    /// `DLQ_SWEEP_INTERVAL` (default `60s`): how often the sweep looks for messages whose
+    /// deliveries ran out but whose advisory never arrived (see [`crate::sweep`]), and prunes
+    /// old last-error notes.
+    pub sweep_interval: Duration,
+    /// `DLQ_LAST_ERROR_RETENTION` (default `14d`, as long as `orders_unprocessed` keeps
+    /// advisories): a last-error note that no dead letter claimed by then is deleted.
+    pub last_error_retention: Duration,
 }
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        let mut capture = ConsumerSettings::from_env(env, "DLQ", "dlq-service")?;
-        if env.raw("DLQ_MAX_DELIVER").is_none() {
-            capture.max_deliver = 1_000;
-        }
-        if env.raw("DLQ_BACKOFF").is_none() {
-            capture.backoff = vec![Duration::from_secs(5), Duration::from_secs(30)];
-        }
+        // Capture's own defaults go in before validation, so `DLQ_MAX_DELIVER` or `DLQ_BACKOFF`
+        // set alone is checked against the other's capture default, not the workers' default.
+        let capture = ConsumerSettings::from_env_with_defaults(
+            env,
+            "DLQ",
+            "dlq-service",
+            1_000,
+            &[Duration::from_secs(5), Duration::from_secs(30)],
+        )?;
         Ok(Self {
             http_addr: env.socket_addr("HTTP_ADDR", "127.0.0.1:8082")?,
             database: DatabaseConfig::from_env(env)?,
@@ -36,8 +45,22 @@ impl Config {
             relay: RelaySettings::from_env(env)?,
             capture,
             lag_poll_interval: env.duration("LAG_POLL_INTERVAL", Duration::from_secs(2))?,
+            sweep_interval: positive(env, "DLQ_SWEEP_INTERVAL", Duration::from_secs(60))?,
+            last_error_retention: positive(
+                env,
+                "DLQ_LAST_ERROR_RETENTION",
+                Duration::from_secs(14 * 24 * 3600),
+            )?,
         })
     }
+}
+
+fn positive(env: &Env, name: &str, default: Duration) -> Result<Duration, ConfigError> {
+    let value = env.duration(name, default)?;
+    if value.is_zero() {
+        return Err(ConfigError::new(name, &env.string(name, ""), "must be longer than zero"));
+    }
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -50,5 +73,16 @@ mod tests {
         assert_eq!(config.http_addr.port(), 8082);
         assert_eq!(config.capture.name, "dlq-service");
         assert_eq!(config.capture.max_deliver, 1_000);
+    }
+
+    #[test]
+    fn dlq_max_deliver_or_backoff_can_be_set_alone() {
+        let config = Config::from_env(&Env::from_pairs([("DLQ_MAX_DELIVER", "3")])).unwrap();
+        assert_eq!((config.capture.max_deliver, config.capture.backoff.len()), (3, 2));
+        let config = Config::from_env(&Env::from_pairs([("DLQ_BACKOFF", "1s,2s,3s,4s,5s,6s")])).unwrap();
+        assert_eq!(config.capture.max_deliver, 1_000);
+        assert_eq!(config.capture.backoff.len(), 6);
+        let err = Config::from_env(&Env::from_pairs([("DLQ_SWEEP_INTERVAL", "0s")])).unwrap_err();
+        assert!(err.to_string().contains("DLQ_SWEEP_INTERVAL"), "{err}");
     }
 }

@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`config`]: environment variables.
 //! - [`capture`]: advisories, poison copies and last errors → `dead_letters` rows.
+//! - [`sweep`]: dead letters whose advisory was lost; pruning of last-error notes.
 //! - [`store`]: the table: record, list, replay, discard.
 //! - [`routes`]: the HTTP review API.
 //! - [`cli`]: the same review actions from the command line.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod routes;
 pub mod store;
+pub mod sweep;
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -100,8 +102,13 @@ impl Application {
         let mut tasks = Tasks::new(shutdown);
         tasks.serve_http(self.listener, routes::router(self.state.clone()));
         tasks.spawn_with_shutdown("outbox relay", |stop| self.relay.run(stop));
-        let batch_size = self.config.capture.batch_size;
-        tasks.spawn_with_shutdown("capture", |stop| self.capture.run(self.consumer, batch_size, stop));
+        let (batch_size, ack_wait) = (self.config.capture.batch_size, self.config.capture.backoff[0]);
+        let (sweep, every, retention) =
+            (self.capture.clone(), self.config.sweep_interval, self.config.last_error_retention);
+        tasks.spawn_with_shutdown("sweep", move |stop| sweep::run(sweep, every, retention, stop));
+        tasks.spawn_with_shutdown("capture", |stop| {
+            self.capture.run(self.consumer, batch_size, ack_wait, stop)
+        });
         tasks.spawn_with_shutdown("lag monitor", |stop| self.lag_monitor.run(stop));
         let (pool, every) = (self.state.pool.clone(), self.config.lag_poll_interval);
         tasks.spawn_with_shutdown("review backlog", move |stop| store::watch_pending(pool, every, stop));

@@ -116,6 +116,15 @@ async fn discard(
 
 fn review(body: ReviewBody, reason_required: bool) -> Result<Review, Problem> {
     let mut errors = Vec::new();
+    // Valid JSON, but Postgres text cannot hold it: refused here rather than failing there.
+    for (pointer, value) in [("#/by", &body.by), ("#/reason", &body.reason)] {
+        if value.as_deref().is_some_and(|v| v.contains('\0')) {
+            errors.push(FieldError::pointer(pointer, "must not contain the NUL character (\\u0000)"));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
     let reason = body.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
     match &reason {
         None if reason_required => errors.push(FieldError::pointer("#/reason", "is required: say why")),

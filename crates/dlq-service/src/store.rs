@@ -1,7 +1,23 @@
 //! The `dead_letters` table: recording, listing, replaying and discarding. Shared by the HTTP
 //! API and the command line.
+//!
+//! # What Postgres cannot store
+//! Postgres `text` and `jsonb` refuse the NUL character (`\u0000`), which is valid in JSON and
+//! in NATS headers. A dead letter must be recorded whatever it holds, so:
+//! - the payload is always kept exactly, as `bytea`; `payload_json` (a convenience for review)
+//!   is filled only when the JSON holds no NUL ([`jsonb_safe`]);
+//! - text taken from messages (subject, headers, reasons, errors) has each NUL replaced by
+//!   U+FFFD ([`pg_text`]): these are descriptions, and the exact bytes are in the payload.
+//!
+//! Review input (`by`, `reason`) with a NUL is refused by the API before it gets here.
+//!
+//! # Last-error notes
+//! A note waits in `last_errors` only until its dead letter is recorded, which copies it and
+//! deletes it in the same transaction. A note whose advisory never comes (its message
+//! succeeded after all) is deleted by [`prune_last_errors`] once older than
+//! `DLQ_LAST_ERROR_RETENTION`, run with every sweep.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use chrono::{DateTime, Utc};
@@ -10,6 +26,7 @@ use serde::Serialize;
 use shared::{
     messages::{OrderDeadLettered, OutgoingMessage, PAYLOAD_VERSION},
     outbox,
+    topology::ORDERS_STREAM,
 };
 use sqlx::{PgConnection, PgPool, types::Json};
 use tracing::Instrument;
@@ -120,21 +137,47 @@ impl DeadLetter {
     }
 }
 
+/// Text as Postgres can store it: each NUL replaced by U+FFFD (see the module docs).
+pub fn pg_text(text: &str) -> Cow<'_, str> {
+    if text.contains('\0') { Cow::Owned(text.replace('\0', "\u{FFFD}")) } else { Cow::Borrowed(text) }
+}
+
+/// Whether `jsonb` can hold this value: no NUL in any string or key.
+pub fn jsonb_safe(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::String(s) => !s.contains('\0'),
+        Value::Array(items) => items.iter().all(jsonb_safe),
+        Value::Object(map) => map.iter().all(|(k, v)| !k.contains('\0') && jsonb_safe(v)),
+        _ => true,
+    }
+}
+
+/// Only a dead order (a message of the work queue `orders_stream`) changes the order's status;
+/// an event the projection could not apply does not (see `capture`'s module docs).
+fn announces_order(letter: &NewDeadLetter) -> bool {
+    letter.source_stream == ORDERS_STREAM
+}
+
 /// Records a dead letter, once: a second capture of the same stream and sequence changes
 /// nothing and returns `None`. An order's dead letter also announces `order_events.dead_lettered`
 /// through the outbox, in the same transaction.
 pub async fn record(tx: &mut PgConnection, letter: &NewDeadLetter) -> Result<Option<Uuid>, sqlx::Error> {
     let id = Uuid::now_v7();
     let payload_json: Option<serde_json::Value> =
-        letter.payload.as_deref().and_then(|bytes| serde_json::from_slice(bytes).ok());
+        letter.payload.as_deref().and_then(|bytes| serde_json::from_slice(bytes).ok()).filter(jsonb_safe);
+    let text = |t: &Option<String>| t.as_deref().map(|t| pg_text(t).into_owned());
+    let headers: BTreeMap<String, String> =
+        letter.headers.iter().map(|(k, v)| (pg_text(k).into_owned(), pg_text(v).into_owned())).collect();
+    let source_stream = pg_text(&letter.source_stream);
     // The last error may have been reported before this capture.
     let noted: Option<String> =
         sqlx::query_scalar("SELECT error FROM last_errors WHERE source_stream = $1 AND source_sequence = $2")
-            .bind(&letter.source_stream)
+            .bind(&source_stream)
             .bind(letter.source_sequence)
             .fetch_optional(&mut *tx)
             .await?;
-    let last_error = letter.last_error.clone().or(noted);
+    let last_error = text(&letter.last_error).or(noted);
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO dead_letters (id, source_stream, source_sequence, subject, message_id, order_id, payload,
              payload_json, headers, consumer, deliveries, reason, last_error, first_seen_at, failed_at, trace_id)
@@ -143,28 +186,34 @@ pub async fn record(tx: &mut PgConnection, letter: &NewDeadLetter) -> Result<Opt
          RETURNING id",
     )
     .bind(id)
-    .bind(&letter.source_stream)
+    .bind(&source_stream)
     .bind(letter.source_sequence)
-    .bind(&letter.subject)
+    .bind(text(&letter.subject))
     .bind(letter.message_id)
     .bind(letter.order_id)
     .bind(&letter.payload)
     .bind(&payload_json)
-    .bind(Json(&letter.headers))
-    .bind(&letter.consumer)
+    .bind(Json(&headers))
+    .bind(text(&letter.consumer))
     .bind(letter.deliveries)
-    .bind(&letter.reason)
+    .bind(pg_text(&letter.reason))
     .bind(&last_error)
     .bind(letter.first_seen_at)
     .bind(letter.failed_at)
-    .bind(&letter.trace_id)
+    .bind(text(&letter.trace_id))
     .fetch_optional(&mut *tx)
     .await?;
+    // The note, if any, is in the row now.
+    sqlx::query("DELETE FROM last_errors WHERE source_stream = $1 AND source_sequence = $2")
+        .bind(&source_stream)
+        .bind(letter.source_sequence)
+        .execute(&mut *tx)
+        .await?;
 
-    if let (Some(id), Some(order_id)) = (inserted, letter.order_id) {
+    if let (Some(id), Some(order_id), true) = (inserted, letter.order_id, announces_order(letter)) {
         let reason = match &last_error {
-            Some(error) => format!("{}; last error: {error}", letter.reason),
-            None => letter.reason.clone(),
+            Some(error) => format!("{}; last error: {error}", pg_text(&letter.reason)),
+            None => pg_text(&letter.reason).into_owned(),
         };
         let event = OrderDeadLettered {
             version: PAYLOAD_VERSION,
@@ -177,6 +226,9 @@ pub async fn record(tx: &mut PgConnection, letter: &NewDeadLetter) -> Result<Opt
     }
     Ok(inserted)
 }
+
+/// Every `kind` a dead letter can be recorded as (see [`NewDeadLetter::kind`]).
+pub const KINDS: [&str; 4] = ["exhausted", "gone", "poison", "unrecognised"];
 
 /// dlq-service's metrics (`dead_letters_captured_total`, … in Prometheus).
 pub const CAPTURED: &str = "dead_letters.captured";
@@ -191,11 +243,14 @@ const PENDING: &str = "dead_letters.pending";
 /// (`dlq-service replay …`) runs in a process of its own, whose counts end with it; the
 /// [`PENDING`] gauge is counted from the table, so it shows every review.
 pub fn register_metrics() {
-    metrics::describe_counter!(CAPTURED, "Dead letters recorded, by kind (exhausted, poison, unrecognised).");
+    metrics::describe_counter!(
+        CAPTURED,
+        "Dead letters recorded, by kind (exhausted, gone, poison, unrecognised)."
+    );
     metrics::describe_counter!(REPLAYED, "Dead letters replayed through the review API.");
     metrics::describe_counter!(DISCARDED, "Dead letters discarded through the review API.");
     metrics::describe_gauge!(PENDING, "Dead letters waiting for review.");
-    for kind in ["exhausted", "poison", "unrecognised"] {
+    for kind in KINDS {
         metrics::counter!(CAPTURED, "kind" => kind).absolute(0);
     }
     metrics::counter!(REPLAYED).absolute(0);
@@ -229,27 +284,42 @@ pub async fn note_last_error(
     consumer: &str,
     error: &str,
 ) -> Result<(), sqlx::Error> {
+    let (source_stream, consumer, error) = (pg_text(source_stream), pg_text(consumer), pg_text(error));
     let mut tx = pool.begin().await?;
+    // Kept only while its dead letter is not recorded yet (see the module docs).
     sqlx::query(
-        "INSERT INTO last_errors (source_stream, source_sequence, consumer, error) VALUES ($1, $2, $3, $4)
+        "INSERT INTO last_errors (source_stream, source_sequence, consumer, error)
+         SELECT $1, $2, $3, $4
+         WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE source_stream = $1 AND source_sequence = $2)
          ON CONFLICT (source_stream, source_sequence) DO UPDATE SET error = EXCLUDED.error, noted_at = now()",
     )
-    .bind(source_stream)
+    .bind(&source_stream)
     .bind(source_sequence)
-    .bind(consumer)
-    .bind(error)
+    .bind(&consumer)
+    .bind(&error)
     .execute(&mut *tx)
     .await?;
     sqlx::query(
         "UPDATE dead_letters SET last_error = $3, updated_at = now()
          WHERE source_stream = $1 AND source_sequence = $2 AND last_error IS NULL",
     )
-    .bind(source_stream)
+    .bind(&source_stream)
     .bind(source_sequence)
-    .bind(error)
+    .bind(&error)
     .execute(&mut *tx)
     .await?;
     tx.commit().await
+}
+
+/// Deletes last-error notes older than `retention` that no dead letter claimed; returns how
+/// many.
+pub async fn prune_last_errors(pool: &PgPool, retention: std::time::Duration) -> Result<u64, sqlx::Error> {
+    let seconds = retention.as_secs_f64();
+    let done = sqlx::query("DELETE FROM last_errors WHERE noted_at < now() - make_interval(secs => $1)")
+        .bind(seconds)
+        .execute(pool)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 /// One page of dead letters, newest first. `before` is the last ID of the previous page.

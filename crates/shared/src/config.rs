@@ -453,15 +453,28 @@ impl ConsumerSettings {
     /// Reads `{prefix}_CONSUMER`, `{prefix}_BATCH_SIZE`, `{prefix}_MAX_DELIVER`, `{prefix}_BACKOFF`,
     /// `{prefix}_MAX_ACK_PENDING` and `{prefix}_MAX_IN_PROGRESS`.
     pub fn from_env(env: &Env, prefix: &str, default_name: &str) -> Result<Self, ConfigError> {
+        // Defaults: 5 deliveries, 1+2+4+8 s apart; JetStream gives up on a message that always
+        // fails when the 5th wait (8 s again) runs out, about 23 s after its first delivery.
+        Self::from_env_with_defaults(env, prefix, default_name, 5, &[1, 2, 4, 8].map(Duration::from_secs))
+    }
+
+    /// As [`Self::from_env`], with a service's own defaults for `{prefix}_MAX_DELIVER` and
+    /// `{prefix}_BACKOFF`, applied *before* validation, so that setting either one alone is
+    /// checked against the other's default.
+    pub fn from_env_with_defaults(
+        env: &Env,
+        prefix: &str,
+        default_name: &str,
+        default_max_deliver: i64,
+        default_backoff: &[Duration],
+    ) -> Result<Self, ConfigError> {
         let var = |suffix: &str| format!("{prefix}_{suffix}");
         let name = env.string(&var("CONSUMER"), default_name);
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(ConfigError::new(&var("CONSUMER"), &name, "use letters, digits, '-' and '_' only"));
         }
-        let max_deliver = env.number(&var("MAX_DELIVER"), 5, 1..=1_000)?;
-        // Defaults: 5 deliveries, 1+2+4+8 s apart; JetStream gives up on a message that always
-        // fails when the 5th wait (8 s again) runs out, about 23 s after its first delivery.
-        let backoff = env.durations(&var("BACKOFF"), &[1, 2, 4, 8].map(Duration::from_secs))?;
+        let max_deliver = env.number(&var("MAX_DELIVER"), default_max_deliver, 1..=1_000)?;
+        let backoff = env.durations(&var("BACKOFF"), default_backoff)?;
         if backoff.is_empty() || backoff.iter().any(Duration::is_zero) {
             return Err(ConfigError::new(
                 &var("BACKOFF"),

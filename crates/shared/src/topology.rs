@@ -10,7 +10,7 @@
 //! | `inventory-worker` on `orders.new` | durable pull consumer | shared by every worker process: they load-balance one queue |
 //! | `order_events` on `order_events.>` | limits (a week) | pub/sub: any number of services read outcomes, each with its own consumer |
 //! | `order-api-projection` on `order_events.>` | durable pull consumer | order-api's view of outcomes |
-//! | `orders_unprocessed` on MAX_DELIVERIES advisories and `orders_unprocessed.>` | limits (two weeks) | the dead-letter queue: advisories are dropped when nobody listens, so a stream keeps them |
+//! | `orders_unprocessed` on the MAX_DELIVERIES advisories of both streams' consumers and `orders_unprocessed.>` | limits (two weeks) | the dead-letter queue: advisories are dropped when nobody listens, so a stream keeps them |
 //! | `dlq-service` on `orders_unprocessed` | durable pull consumer | the dead-letter service's capture |
 
 use std::time::Duration;
@@ -28,9 +28,20 @@ pub const ORDERS_SUBJECTS: &str = "orders.*";
 pub const EVENTS_STREAM: &str = "order_events";
 pub const EVENTS_SUBJECTS: &str = "order_events.>";
 pub const UNPROCESSED_STREAM: &str = "orders_unprocessed";
-/// JetStream publishes this when a message of `orders_stream` reached its consumer's
-/// `max_deliver`; the last token is the consumer's name.
-pub const MAX_DELIVERIES_ADVISORIES: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.orders_stream.*";
+/// JetStream publishes `<prefix><stream>.<consumer>` when a message reached its consumer's
+/// `max_deliver`.
+pub const MAX_DELIVERIES_ADVISORY_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.";
+/// The streams whose durable consumers can give up on a message, so whose MAX_DELIVERIES
+/// advisories `orders_unprocessed` captures: every consumer of the project, the projection's
+/// included, so that no consumer can drop a message without a dead letter. (The dead-letter
+/// service's own consumer of `orders_unprocessed` is not among them: it retries for days, and a
+/// dead letter about a dead letter would go round in circles.)
+pub const DEAD_LETTER_SOURCES: [&str; 2] = [ORDERS_STREAM, EVENTS_STREAM];
+
+/// The advisory subject of every consumer of `stream`.
+pub fn max_deliveries_advisories(stream: &str) -> String {
+    format!("{MAX_DELIVERIES_ADVISORY_PREFIX}{stream}.*")
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -87,14 +98,18 @@ pub fn events_stream_config(settings: &EventsStreamSettings) -> stream::Config {
 }
 
 /// `orders_unprocessed`: the seed article's dead-letter stream, capturing the MAX_DELIVERIES
-/// advisories of `orders_stream` and what consumers publish about messages they give up on
+/// advisories of the consumers of every [`DEAD_LETTER_SOURCES`] stream and what consumers publish about messages they give up on
 /// (poison copies, last errors). Declared by every service, so nothing is missed while the
 /// dead-letter service is down.
 pub fn unprocessed_stream_config(max_age: Duration) -> stream::Config {
     stream::Config {
         name: UNPROCESSED_STREAM.to_owned(),
         description: Some("Orders that could not be processed: advisories and poison copies".to_owned()),
-        subjects: vec![MAX_DELIVERIES_ADVISORIES.to_owned(), "orders_unprocessed.>".to_owned()],
+        subjects: DEAD_LETTER_SOURCES
+            .iter()
+            .map(|stream| max_deliveries_advisories(stream))
+            .chain(["orders_unprocessed.>".to_owned()])
+            .collect(),
         retention: RetentionPolicy::Limits,
         storage: StorageType::File,
         max_age,

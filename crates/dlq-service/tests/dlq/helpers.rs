@@ -25,23 +25,55 @@ impl Drop for TestDlq {
 }
 
 pub async fn spawn_dlq() -> TestDlq {
-    test_support::init_logging();
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let (nats_url, db_url) = (nats.url(), db.url());
-    let env = Env::from_pairs([
-        ("HTTP_ADDR", "127.0.0.1:0"),
-        ("NATS_URL", nats_url.as_str()),
-        ("DATABASE_URL", db_url.as_str()),
-        ("OUTBOX_POLL_INTERVAL", "200ms"),
-        ("DLQ_BACKOFF", "200ms"),
-    ]);
-    let config = Config::from_env(&env).unwrap();
+    spawn_dlq_on(Servers::start().await, &[]).await
+}
+
+/// A nats-server and a database, before any dlq-service: for tests that prepare a fault first.
+pub struct Servers {
+    pub nats: NatsServer,
+    pub db: TestDatabase,
+}
+
+impl Servers {
+    /// Starts nats-server and declares the streams (as any service does at start-up).
+    pub async fn start() -> Self {
+        test_support::init_logging();
+        let servers = Self { nats: NatsServer::start().await, db: TestDatabase::new() };
+        let config = servers.config(&[]);
+        topology::ensure_streams(&servers.nats.jetstream().await, &config.nats).await.unwrap();
+        servers
+    }
+
+    pub fn config(&self, extra_env: &[(&str, &str)]) -> Config {
+        let (nats_url, db_url) = (self.nats.url(), self.db.url());
+        let mut env: Vec<(&str, &str)> = vec![
+            ("HTTP_ADDR", "127.0.0.1:0"),
+            ("NATS_URL", nats_url.as_str()),
+            ("DATABASE_URL", db_url.as_str()),
+            ("OUTBOX_POLL_INTERVAL", "200ms"),
+            ("DLQ_BACKOFF", "200ms"),
+        ];
+        env.extend_from_slice(extra_env);
+        Config::from_env(&Env::from_pairs(env)).unwrap()
+    }
+
+    /// Creates and migrates the database, as dlq-service would at start-up.
+    pub async fn migrate(&self) -> PgPool {
+        dlq_service::connect_database(&self.config(&[]).database).await.unwrap();
+        self.db.pool(dlq_service::SCHEMA).await
+    }
+}
+
+/// A dlq-service on servers prepared by the test, with extra environment variables (later ones
+/// win).
+pub async fn spawn_dlq_on(servers: Servers, extra_env: &[(&str, &str)]) -> TestDlq {
+    let config = servers.config(extra_env);
     let shutdown = CancellationToken::new();
     let app = Application::build(config, &shutdown).await.unwrap();
     let base_url = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
-    let pool = db.pool(dlq_service::SCHEMA).await;
+    let pool = servers.db.pool(dlq_service::SCHEMA).await;
+    let Servers { nats, db } = servers;
     TestDlq { base_url, http: reqwest::Client::new(), pool, nats, shutdown, _db: db }
 }
 

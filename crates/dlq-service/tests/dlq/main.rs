@@ -2,5 +2,6 @@
 #![allow(clippy::unwrap_used)] // A test that cannot go on should panic, loudly.
 
 mod capture;
+mod faults;
 mod helpers;
 mod review;

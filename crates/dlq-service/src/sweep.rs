@@ -1,0 +1,181 @@
+//! The sweep: dead letters whose MAX_DELIVERIES advisory never arrived.
+//!
+//! Advisories are best effort: a server restart or a failover can lose one, and then nothing
+//! would ever record its message, and its order would stay `pending` forever. Every
+//! `DLQ_SWEEP_INTERVAL` (default a minute) the sweep looks for such messages and captures them
+//! as if their advisory had come (same row, same deletion, idempotent with a late advisory).
+//!
+//! # What it checks, and why that is correct
+//! `orders_stream` is a work queue: a message leaves it when acknowledged (or terminated). A
+//! message of a consumer's subjects at or below the consumer's last *delivered* stream
+//! sequence that is still in the stream was delivered and not finished with: either it is in
+//! flight (ack pending, or waiting for its redelivery), or the consumer gave up on it. JetStream
+//! does not say which, per message (and the consumer's ack floor stops *below* a max-delivered
+//! message, it does not step over it: measured on nats-server 2.15.1), so:
+//! - when the consumer has **nothing ack pending**, every such message is a dead one: it is
+//!   captured at once;
+//! - otherwise such a message becomes a *candidate*, remembered with when it was first seen;
+//!   a message in flight is finished with (acknowledged, terminated or given up on) within its
+//!   consumer's whole redelivery schedule (the sum of its BackOff over `max_deliver`
+//!   deliveries: about 23 s by default) after its first delivery, which was before it was
+//!   seen, **provided some worker keeps pulling** (a redelivery happens only on a pull). So the
+//!   clock of a candidate runs only between rounds in which its consumer was live (a pull is
+//!   waiting, or it delivered something since the previous round), and stands still
+//!   otherwise: with every worker stopped, nothing is captured. A candidate still there after
+//!   twice its schedule of live time is captured. This relies on no message being kept in progress for longer than its
+//!   schedule (the consumer's cap on in-progress time).
+//!
+//! Normally capture deletes a dead message within moments of its advisory, so the sweep finds
+//! nothing to capture. Cost per round: one consumer-info request per consumer, plus one direct
+//! get per message delivered and not finished with (at most the consumer's `max_ack_pending`,
+//! normally a handful), and one more answered "none".
+//!
+//! Not swept: `order_events`, a limits stream, keeps every message whether or not the
+//! projection processed it, so "still in the stream" says nothing there; JetStream exposes no
+//! cheap per-message delivery state to tell a dead event from a processed one. Its consumers'
+//! advisories are captured (see [`crate::capture`]), but one lost there is not recovered.
+//!
+//! The same round prunes last-error notes that no dead letter claimed
+//! ([`store::prune_last_errors`]).
+
+use std::{collections::HashMap, time::Duration};
+
+use async_nats::jetstream::stream::DirectGetErrorKind;
+use chrono::Utc;
+use futures::TryStreamExt;
+use shared::topology::ORDERS_STREAM;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    capture::{Capture, CaptureError, Captured, MAX_DELIVERIES_TYPE, MaxDeliveriesAdvisory},
+    store,
+};
+
+/// Why such a row is there, in its `reason`.
+pub const FOUND_BY_SWEEP: &str = "found by the sweep: its advisory never arrived";
+
+/// Sweeps every `every` until `shutdown`, first at start-up (the moment after a restart is
+/// when an advisory is most likely to have been lost).
+pub async fn run(
+    capture: Capture,
+    every: Duration,
+    last_error_retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut sweep = Sweep::new(capture);
+    while !shutdown.is_cancelled() {
+        match sweep.once().await {
+            Ok(0) => {}
+            Ok(found) => tracing::warn!(found, "sweep recorded dead letters whose advisory was lost"),
+            Err(err) => tracing::warn!(error = %err, "sweep failed; next round in {every:?}"),
+        }
+        match store::prune_last_errors(&sweep.capture.pool, last_error_retention).await {
+            Ok(0) => {}
+            Ok(pruned) => tracing::info!(pruned, "pruned unclaimed last-error notes"),
+            Err(err) => tracing::warn!(error = %err, "could not prune last-error notes"),
+        }
+        shared::shutdown::sleep_or_cancel(every, &shutdown).await;
+    }
+}
+
+/// The sweep and its candidates (see the module docs).
+#[derive(Debug)]
+pub struct Sweep {
+    capture: Capture,
+    /// (consumer, stream sequence) → for how long it was seen delivered and not finished with
+    /// while its consumer was live.
+    candidates: HashMap<(String, u64), Duration>,
+    last_round: Option<Instant>,
+    /// consumer → its delivery count at the previous round (to tell whether it is live).
+    deliveries: HashMap<String, u64>,
+}
+
+impl Sweep {
+    pub fn new(capture: Capture) -> Self {
+        Self { capture, candidates: HashMap::new(), deliveries: HashMap::new(), last_round: None }
+    }
+
+    /// One round over the consumers of `orders_stream`: returns how many dead letters it
+    /// recorded.
+    pub async fn once(&mut self) -> Result<usize, CaptureError> {
+        let stream =
+            self.capture.jetstream.get_stream(ORDERS_STREAM).await.map_err(async_nats::Error::from)?;
+        let consumers: Vec<_> =
+            stream.consumers().try_collect().await.map_err(|e| CaptureError::Nats(e.into()))?;
+        let now = Instant::now();
+        let since_last_round = self.last_round.replace(now).map(|last| now - last).unwrap_or_default();
+        let mut still = HashMap::new();
+        let mut found = 0;
+        for info in consumers {
+            // A consumer without a delivery limit never gives up on a message.
+            let Ok(max_deliver @ 1..) = u64::try_from(info.config.max_deliver) else { continue };
+            let filter = match info.config.filter_subject.as_str() {
+                "" => ">",
+                filter => filter,
+            };
+            let settle = 2 * schedule(&info.config.backoff, info.config.ack_wait, max_deliver);
+            let delivered = info.delivered.stream_sequence;
+            let previous = self.deliveries.insert(info.name.clone(), info.delivered.consumer_sequence);
+            let live =
+                info.num_waiting > 0 || previous.is_some_and(|p| p != info.delivered.consumer_sequence);
+            let mut next = 1;
+            while next <= delivered {
+                let message = match stream.direct_get_next_for_subject(filter, Some(next)).await {
+                    Ok(message) => message,
+                    Err(err) if err.kind() == DirectGetErrorKind::NotFound => break,
+                    Err(err) => return Err(CaptureError::Nats(err.into())),
+                };
+                if message.sequence > delivered {
+                    break;
+                }
+                next = message.sequence + 1;
+                let key = (info.name.clone(), message.sequence);
+                let unfinished_for = match self.candidates.get(&key) {
+                    Some(before) if live => *before + since_last_round,
+                    Some(before) => *before,
+                    None => Duration::ZERO,
+                };
+                if info.num_ack_pending > 0 && unfinished_for < settle {
+                    still.insert(key, unfinished_for);
+                    continue;
+                }
+                let advisory = MaxDeliveriesAdvisory {
+                    kind: MAX_DELIVERIES_TYPE.to_owned(),
+                    timestamp: Utc::now(),
+                    stream: ORDERS_STREAM.to_owned(),
+                    consumer: info.name.clone(),
+                    stream_seq: message.sequence,
+                    deliveries: max_deliver,
+                };
+                if let Captured::Recorded(_) =
+                    self.capture.exhausted(&advisory, None, Some(FOUND_BY_SWEEP)).await?
+                {
+                    found += 1;
+                }
+            }
+        }
+        self.candidates = still;
+        Ok(found)
+    }
+}
+
+/// How long a consumer can keep trying one message: its redelivery waits over `max_deliver`
+/// deliveries (the last BackOff value repeats; without BackOff, the ack wait each time).
+pub fn schedule(backoff: &[Duration], ack_wait: Duration, max_deliver: u64) -> Duration {
+    (0..max_deliver.min(10_000) as usize)
+        .map(|i| backoff.get(i).or(backoff.last()).copied().unwrap_or(ack_wait))
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_is_the_sum_of_the_waits_the_last_repeating() {
+        let secs = Duration::from_secs;
+        assert_eq!(schedule(&[1, 2, 4, 8].map(secs), secs(1), 5), secs(23));
+        assert_eq!(schedule(&[], secs(30), 3), secs(90));
+    }
+}
