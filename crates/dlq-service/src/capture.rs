@@ -46,9 +46,7 @@ use std::{
 
 use async_nats::{
     HeaderMap,
-    jetstream::{
-        self, AckKind, consumer::PullConsumer, context::ConsumerInfoErrorKind, stream::DirectGetErrorKind,
-    },
+    jetstream::{self, AckKind, context::ConsumerInfoErrorKind, stream::DirectGetErrorKind},
 };
 use chrono::{DateTime, Utc};
 use opentelemetry::trace::TraceContextExt;
@@ -58,7 +56,7 @@ use shared::{
     messages::{self, dead_letter},
     outbox::OutboxWaker,
     propagation,
-    puller::pull_batch,
+    puller::Puller,
     topology::{DEAD_LETTER_SOURCES, MAX_DELIVERIES_ADVISORY_PREFIX, ORDERS_STREAM, UNPROCESSED_STREAM},
 };
 use sqlx::PgPool;
@@ -331,27 +329,10 @@ impl Capture {
     /// `ack_wait`: while the batch is worked on, the messages not reached yet are marked in
     /// progress every `ack_wait / 2`, or JetStream would redeliver them to another replica
     /// (harmless, capture is idempotent, but it wastes one of their deliveries).
-    pub async fn run(
-        self,
-        consumer: PullConsumer,
-        batch_size: usize,
-        ack_wait: Duration,
-        shutdown: CancellationToken,
-    ) {
-        while !shutdown.is_cancelled() {
-            let batch = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return,
-                batch = pull_batch(&consumer, batch_size) => batch,
-            };
-            let messages = match batch {
-                Ok(messages) => messages,
-                Err(err) => {
-                    tracing::warn!(error = %err, "could not pull from orders_unprocessed; retrying");
-                    shared::shutdown::sleep_or_cancel(Duration::from_secs(1), &shutdown).await;
-                    continue;
-                }
-            };
+    pub async fn run(self, mut puller: Puller, ack_wait: Duration, shutdown: CancellationToken) {
+        // The pulling (when ready, healing a deleted consumer, finishing a pull at shutdown) is
+        // the idempotent consumer's: see `shared::puller`.
+        while let Some(messages) = puller.next_batch(&shutdown).await {
             let reached = AtomicUsize::new(0);
             let work = async {
                 for (index, message) in messages.iter().enumerate() {

@@ -30,6 +30,7 @@ use shared::{
     db,
     metrics::LagMonitor,
     outbox::{OutboxRelay, OutboxWaker},
+    puller::Puller,
     shutdown::Tasks,
     topology::{self, UNPROCESSED_STREAM},
 };
@@ -102,13 +103,12 @@ impl Application {
         let mut tasks = Tasks::new(shutdown);
         tasks.serve_http(self.listener, routes::router(self.state.clone()));
         tasks.spawn_with_shutdown("outbox relay", |stop| self.relay.run(stop));
-        let (batch_size, ack_wait) = (self.config.capture.batch_size, self.config.capture.backoff[0]);
+        let ack_wait = self.config.capture.backoff[0];
+        let puller = Puller::new(self.capture.jetstream.clone(), self.consumer, &self.config.capture);
         let (sweep, every, retention) =
             (self.capture.clone(), self.config.sweep_interval, self.config.last_error_retention);
         tasks.spawn_with_shutdown("sweep", move |stop| sweep::run(sweep, every, retention, stop));
-        tasks.spawn_with_shutdown("capture", |stop| {
-            self.capture.run(self.consumer, batch_size, ack_wait, stop)
-        });
+        tasks.spawn_with_shutdown("capture", |stop| self.capture.run(puller, ack_wait, stop));
         tasks.spawn_with_shutdown("lag monitor", |stop| self.lag_monitor.run(stop));
         let (pool, every) = (self.state.pool.clone(), self.config.lag_poll_interval);
         tasks.spawn_with_shutdown("review backlog", move |stop| store::watch_pending(pool, every, stop));

@@ -9,13 +9,13 @@
 
 use axum::{
     Json, Router,
-    extract::{Path, Query, State},
+    extract::State,
     http::StatusCode,
     routing::{get, post},
 };
 use serde::Deserialize;
 use serde_json::json;
-use shared::http::{FieldError, JsonBody, Problem};
+use shared::http::{FieldError, JsonBody, PathParam, Problem, QueryParams};
 use uuid::Uuid;
 
 use crate::{
@@ -27,6 +27,9 @@ pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 200;
 pub const MAX_REASON_LEN: usize = 500;
 
+/// Review bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/dead-letters", get(list))
@@ -34,7 +37,8 @@ pub fn router(state: AppState) -> Router {
         .route("/dead-letters/{id}/replay", post(replay))
         .route("/dead-letters/{id}/discard", post(discard))
         .route("/readyz", get(readyz));
-    shared::http::service_routes(api).with_state(state)
+    // A review is a reason and a name: a few hundred bytes.
+    shared::http::service_routes(shared::http::body_limit(api, MAX_BODY_BYTES)).with_state(state)
 }
 
 #[derive(Debug, Deserialize)]
@@ -46,7 +50,7 @@ struct ListQuery {
 
 async fn list(
     State(app): State<AppState>,
-    Query(query): Query<ListQuery>,
+    QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let status = query
         .status
@@ -71,7 +75,10 @@ async fn list(
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
 }
 
-async fn show(State(app): State<AppState>, Path(id): Path<String>) -> Result<Json<DeadLetter>, Problem> {
+async fn show(
+    State(app): State<AppState>,
+    PathParam(id): PathParam<String>,
+) -> Result<Json<DeadLetter>, Problem> {
     let id = parse_id(&id)?;
     store::get(&app.pool, id)
         .await
@@ -89,7 +96,7 @@ struct ReviewBody {
 /// `POST /dead-letters/{id}/replay`; the body is optional.
 async fn replay(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
     body: Option<JsonBody<ReviewBody>>,
 ) -> Result<Json<DeadLetter>, Problem> {
     let id = parse_id(&id)?;
@@ -104,7 +111,7 @@ async fn replay(
 /// `POST /dead-letters/{id}/discard` with `{"reason": "…"}`.
 async fn discard(
     State(app): State<AppState>,
-    Path(id): Path<String>,
+    PathParam(id): PathParam<String>,
     JsonBody(body): JsonBody<ReviewBody>,
 ) -> Result<Json<DeadLetter>, Problem> {
     let id = parse_id(&id)?;

@@ -94,6 +94,7 @@ pub struct PostgresServer {
     port: u16,
     log: PathBuf,
     running: bool,
+    frozen: bool,
 }
 
 impl PostgresServer {
@@ -118,7 +119,7 @@ impl PostgresServer {
                 "--no-instructions",
             ],
         );
-        let mut server = Self { bin, data, port, log, running: false };
+        let mut server = Self { bin, data, port, log, running: false, frozen: false };
         server.start_again().await;
         server
     }
@@ -147,24 +148,29 @@ impl PostgresServer {
 
     /// Freezes the server and every session of it (SIGSTOP), as a host that vanished from the
     /// network would look: connections stay open, and nothing answers. [`thaw`](Self::thaw) undoes it.
-    pub fn freeze(&self) {
+    pub fn freeze(&mut self) {
         self.signal_all("STOP");
+        self.frozen = true;
     }
 
-    pub fn thaw(&self) {
-        self.signal_all("CONT");
+    pub fn thaw(&mut self) {
+        if std::mem::take(&mut self.frozen) {
+            self.signal_all("CONT");
+        }
     }
 
     /// Sends `signal` to the postmaster (its PID is the first line of `postmaster.pid`) and to
-    /// every process it started.
+    /// every process it started. A session may end between the listing and the signal: only the
+    /// postmaster must take it.
     fn signal_all(&self, signal: &str) {
         let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid")).expect("postmaster.pid");
         let postmaster = pid_file.lines().next().expect("postmaster PID").trim().to_owned();
         let children = Command::new("pgrep").args(["-P", &postmaster]).output().expect("run pgrep");
-        let mut pids = vec![postmaster];
-        pids.extend(String::from_utf8_lossy(&children.stdout).split_whitespace().map(str::to_owned));
-        let status = Command::new("kill").arg(format!("-{signal}")).args(&pids).status().expect("run kill");
-        assert!(status.success(), "kill -{signal} {pids:?} failed");
+        let kill = |pid: &str| Command::new("kill").arg(format!("-{signal}")).arg(pid).status();
+        assert!(kill(&postmaster).is_ok_and(|s| s.success()), "kill -{signal} {postmaster} failed");
+        for child in String::from_utf8_lossy(&children.stdout).split_whitespace() {
+            kill(child).ok();
+        }
     }
 
     /// Stops the server at once (`-m immediate`): clients see their connections drop.

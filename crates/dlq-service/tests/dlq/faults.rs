@@ -456,7 +456,9 @@ async fn a_batch_held_up_in_capture_is_kept_in_progress() {
     let mut lock = pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE dead_letters IN EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
 
-    let dlq = spawn_dlq_on(servers, &[("DLQ_BACKOFF", "1s")]).await;
+    // Capture waits on the lock longer than the replica below pulls (by default a lock wait
+    // ends after 2 s, failing only that message).
+    let dlq = spawn_dlq_on(servers, &[("DLQ_BACKOFF", "1s"), ("DATABASE_LOCK_TIMEOUT", "20s")]).await;
     let stream = js.get_stream(UNPROCESSED_STREAM).await.unwrap();
     wait_until("capture has pulled the batch", Duration::from_secs(10), || async {
         (stream.consumer_info("dlq-service").await.ok()?.num_ack_pending == 5).then_some(())

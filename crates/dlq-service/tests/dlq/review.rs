@@ -51,6 +51,13 @@ async fn bad_list_parameters_and_unknown_ids_are_problems() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (status, _) = dlq.get("/dead-letters/nope").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+    // What axum's own extractors would answer in plain text is a problem too.
+    let (status, problem) = dlq.get("/dead-letters?status=pending&status=discarded").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(problem["errors"][0]["detail"].as_str().unwrap().contains("duplicate field"), "{problem}");
+    let (status, problem) = dlq.get("/dead-letters/%FF").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(problem["errors"][0]["parameter"], "id");
 }
 
 #[tokio::test]

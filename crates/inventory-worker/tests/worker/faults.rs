@@ -171,7 +171,7 @@ async fn an_order_reserved_on_its_last_delivery_is_not_dead_lettered() {
 #[tokio::test]
 async fn a_frozen_database_does_not_keep_messages_in_progress_past_the_cap() {
     let nats = NatsServer::start().await;
-    let postgres = PostgresServer::start().await;
+    let mut postgres = PostgresServer::start().await;
     let db = TestDatabase::on(&postgres.admin_url());
     let worker = spawn_worker(
         &nats,
