@@ -165,9 +165,32 @@ pub async fn ensure_consumer(
         source,
     };
     let stream_handle = js.get_stream(stream).await.map_err(|e| err(e.into()))?;
+    let wanted = durable_consumer_config(settings, filter_subject);
+    // A consumer that is already as wanted is used as it is: an update is a write to the
+    // server's store, and every replica of every service starting is no reason for one. (It
+    // also sidesteps a nats-server fault seen by the chaos soak: after a consumer was deleted
+    // and declared again, updating it failed with "meta.inf.tmp: no such file or directory".)
+    if let Ok(existing) = stream_handle.get_consumer::<pull::Config>(&settings.name).await
+        && is_as_wanted(&existing.cached_info().config, &wanted)
+    {
+        return Ok(existing);
+    }
     stream_handle
         // `create_consumer` is create-or-update on servers >= 2.10.
-        .create_consumer(durable_consumer_config(settings, filter_subject))
+        .create_consumer(wanted)
         .await
         .map_err(|e| err(e.into()))
+}
+
+/// Whether a consumer's configuration already has every setting this project declares.
+fn is_as_wanted(existing: &jetstream::consumer::Config, wanted: &pull::Config) -> bool {
+    existing.durable_name == wanted.durable_name
+        && existing.description == wanted.description
+        && existing.filter_subject == wanted.filter_subject
+        && existing.deliver_policy == wanted.deliver_policy
+        && existing.ack_policy == wanted.ack_policy
+        && existing.max_deliver == wanted.max_deliver
+        && existing.backoff == wanted.backoff
+        && existing.ack_wait == wanted.ack_wait
+        && existing.max_ack_pending == wanted.max_ack_pending
 }

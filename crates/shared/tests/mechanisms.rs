@@ -164,6 +164,37 @@ async fn a_changed_limit_is_applied_to_the_existing_stream() {
 }
 
 #[tokio::test]
+async fn a_consumer_already_as_wanted_is_left_alone_and_a_changed_one_is_updated() {
+    let nats = NatsServer::start().await;
+    let js = nats.jetstream().await;
+    topology::ensure_streams(&js, &NatsConfig::from_env(&Env::from_pairs([])).unwrap()).await.unwrap();
+    let settings = |env: &[(&str, &str)]| {
+        ConsumerSettings::from_env(&Env::from_pairs(env.iter().copied()), "WORKER", "inventory-worker")
+            .unwrap()
+    };
+    let created = topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings(&[]))
+        .await
+        .unwrap()
+        .cached_info()
+        .created;
+
+    let again =
+        topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings(&[])).await.unwrap();
+    assert_eq!(again.cached_info().created, created, "the same consumer");
+
+    let changed = settings(&[("WORKER_MAX_DELIVER", "7")]);
+    topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &changed).await.unwrap();
+    let info = js
+        .get_stream(topology::ORDERS_STREAM)
+        .await
+        .unwrap()
+        .consumer_info("inventory-worker")
+        .await
+        .unwrap();
+    assert_eq!(info.config.max_deliver, 7);
+}
+
+#[tokio::test]
 async fn services_starting_together_create_the_database_and_migrate_their_schemas_safely() {
     let db = TestDatabase::new();
     let config = database_config(&db);
