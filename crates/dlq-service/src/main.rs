@@ -25,16 +25,20 @@ async fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Some(command) => dlq_service::cli::run(command, &config).await,
+        // A review command talks to a person at a terminal: its error is a plain line.
+        Some(command) => dlq_service::cli::run(command, &config).await.inspect_err(|err| {
+            eprintln!("error: {}", telemetry::error_chain(err));
+        }),
         None => {
             let stop = CancellationToken::new();
             shutdown::cancel_on_signal(stop.clone());
-            dlq_service::run(config, stop).await
+            let result = dlq_service::run(config, stop).await;
+            if let Err(err) = &result {
+                tracing::error!(error = telemetry::error_chain(err), "dlq-service failed");
+            }
+            result
         }
     };
-    if let Err(err) = &result {
-        tracing::error!(error = format!("{err:#}"), "dlq-service failed");
-    }
     telemetry.shutdown().await;
     if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }

@@ -43,3 +43,25 @@ async fn passwords_in_connection_urls_are_never_logged() {
     .await;
     assert!(!bad.log_text().contains(SECRET), "a password was logged:\n{}", bad.log_text());
 }
+
+/// The review CLI talks to a person at a terminal: an error is one plain line, each cause named
+/// once, no log formatting, no password.
+#[tokio::test]
+async fn the_review_cli_reports_an_error_as_one_plain_line() {
+    let closed_port = free_port();
+    let output = std::process::Command::new(test_support::process::binary_path("dlq-service"))
+        .args(["list"])
+        .env_clear()
+        .env("DATABASE_URL", format!("postgres://review:{SECRET}@127.0.0.1:{closed_port}/orders"))
+        .env("DATABASE_ACQUIRE_TIMEOUT", "1s")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].starts_with("error: could not connect to Postgres: "), "{stderr}");
+    let refused = "Connection refused (os error 111)";
+    assert_eq!(lines[0].matches(refused).count(), 1, "{stderr}");
+    assert!(!stderr.contains(SECRET), "{stderr}");
+}

@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
     shutdown::cancel_on_signal(stop.clone());
     let result = inventory_worker::run(config, stop).await;
     if let Err(err) = &result {
-        tracing::error!(error = format!("{err:#}"), "inventory-worker failed");
+        tracing::error!(error = telemetry::error_chain(err), "inventory-worker failed");
     }
     telemetry.shutdown().await;
     if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }

@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
     shutdown::cancel_on_signal(stop.clone());
     let result = order_api::run(config, stop).await;
     if let Err(err) = &result {
-        tracing::error!(error = format!("{err:#}"), "order-api failed");
+        tracing::error!(error = telemetry::error_chain(err), "order-api failed");
     }
     telemetry.shutdown().await;
     if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }

@@ -315,6 +315,21 @@ where
     }
 }
 
+/// An error and its causes on one line, `outer: cause: root cause`, leaving out a cause whose
+/// message the one before it already includes (many errors print their source in their own
+/// message, and `{:#}` would repeat it: `Connection refused (os error 111): Connection refused
+/// (os error 111)`).
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let message = cause.to_string();
+        if !parts.last().is_some_and(|previous| previous.contains(&message)) {
+            parts.push(message);
+        }
+    }
+    parts.join(": ")
+}
+
 /// `text` with line breaks and other control characters (tab aside) escaped as `\n`, `\r`,
 /// `\u{1b}`, …
 fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
@@ -337,6 +352,20 @@ fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_chain_names_each_cause_once() {
+        let io =
+            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        #[derive(Debug, thiserror::Error)]
+        #[error("error communicating with database: {0}")]
+        struct Talk(#[source] std::io::Error);
+        let err = anyhow::Error::new(Talk(io)).context("could not connect to Postgres");
+        assert_eq!(
+            error_chain(&err),
+            "could not connect to Postgres: error communicating with database: Connection refused (os error 111)"
+        );
+    }
 
     #[test]
     fn a_value_with_line_breaks_cannot_forge_a_log_line() {
