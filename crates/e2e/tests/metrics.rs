@@ -24,7 +24,7 @@ async fn wait_for_status(stack: &Stack, id: &str, status: &str) {
 /// The workers' lag, as order-api's `/metrics` shows it.
 async fn lag_seen_by_order_api(stack: &Stack) -> Option<f64> {
     let metrics = scrape(&stack.api.base_url).await;
-    value(&metrics, "jetstream_consumer_num_pending", &[("consumer", "inventory-worker")])
+    value(&metrics, "orders_consumer_lag_pending", &[("consumer", "inventory-worker")])
 }
 
 #[tokio::test]
@@ -68,7 +68,7 @@ async fn every_service_serves_prometheus_text_and_the_named_series_move_with_the
         "messaging_client_operation_duration_seconds",
         &[("messaging_operation_name", "publish")]
     ));
-    assert!(value(&api, "jetstream_consumer_num_pending", &[("consumer", "inventory-worker")]).is_some());
+    assert!(value(&api, "orders_consumer_lag_pending", &[("consumer", "inventory-worker")]).is_some());
     let projected = value(
         &api,
         "messaging_client_consumed_messages_total",
@@ -85,12 +85,8 @@ async fn every_service_serves_prometheus_text_and_the_named_series_move_with_the
     assert_eq!(consumed("failed"), Some(1.0 + 5.0), "FLAKY once, FAIL five times");
     assert!(histogram_observed(&worker, "messaging_process_duration_seconds", &[("outcome", "reserved")]));
     assert!(histogram_observed(&worker, "messaging_batch_size", &[]));
-    assert!(
-        value(&worker, "jetstream_consumer_num_ack_pending", &[("consumer", "inventory-worker")]).is_some()
-    );
-    assert!(
-        value(&worker, "jetstream_consumer_num_redelivered", &[("consumer", "inventory-worker")]).is_some()
-    );
+    assert!(value(&worker, "orders_consumer_lag_ack_pending", &[("consumer", "inventory-worker")]).is_some());
+    assert!(value(&worker, "orders_consumer_lag_redelivered", &[("consumer", "inventory-worker")]).is_some());
 
     // dlq-service: dead letters captured and waiting for review.
     let dlq_url = &stack.dlq.as_ref().unwrap().base_url;
@@ -118,11 +114,8 @@ async fn consumer_lag_rises_while_the_workers_are_stopped_and_falls_after() {
 
     let worker = stack.add_worker("worker-2").await.inventory.base_url.clone();
     wait_until("the lag falls to zero", SETTLE, || async {
-        let own = value(
-            &scrape(&worker).await,
-            "jetstream_consumer_num_pending",
-            &[("consumer", "inventory-worker")],
-        );
+        let own =
+            value(&scrape(&worker).await, "orders_consumer_lag_pending", &[("consumer", "inventory-worker")]);
         (lag_seen_by_order_api(&stack).await == Some(0.0) && own == Some(0.0)).then_some(())
     })
     .await;
@@ -179,7 +172,7 @@ async fn a_message_between_attempts_shows_as_ack_pending_and_redelivered_until_i
     let gauges = || async {
         let metrics = scrape(&worker).await;
         let of = |name| value(&metrics, name, &[("consumer", "inventory-worker")]);
-        (of("jetstream_consumer_num_ack_pending"), of("jetstream_consumer_num_redelivered"))
+        (of("orders_consumer_lag_ack_pending"), of("orders_consumer_lag_redelivered"))
     };
     wait_until("the worker reports its consumer, nothing in flight yet", SETTLE, || async {
         (gauges().await == (Some(0.0), Some(0.0))).then_some(())

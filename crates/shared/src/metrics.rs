@@ -13,7 +13,7 @@
 //! | `messaging_batch_size` | histogram | messages per consumer batch |
 //! | `outbox_pending_messages`, `outbox_oldest_pending_age_seconds` | gauges | the outbox backlog |
 //! | `outbox_quarantined_messages` | gauge | outbox rows the broker refuses for good, set aside for a person |
-//! | `jetstream_consumer_num_pending`, `…_num_ack_pending`, `…_num_redelivered` | gauges | a consumer's lag, as JetStream reports it |
+//! | `orders_consumer_lag_pending`, `…_ack_pending`, `…_redelivered` | gauges | a consumer's lag, as JetStream reports it |
 //!
 //! Services add their own (orders accepted and refused, dead letters captured, …). The
 //! recorder is process-wide: [`install`] sets it up once, and the `metrics` macros anywhere in
@@ -38,9 +38,11 @@ pub const BATCH_SIZE: &str = "messaging.batch.size";
 pub const OUTBOX_PENDING: &str = "outbox.pending.messages";
 pub const OUTBOX_OLDEST_AGE: &str = "outbox.oldest_pending_age";
 pub const OUTBOX_QUARANTINED: &str = "outbox.quarantined.messages";
-pub const CONSUMER_PENDING: &str = "jetstream.consumer.num_pending";
-pub const CONSUMER_ACK_PENDING: &str = "jetstream.consumer.num_ack_pending";
-pub const CONSUMER_REDELIVERED: &str = "jetstream.consumer.num_redelivered";
+// Not the NATS exporter's `jetstream_consumer_num_pending` (and so on): with the same names, one
+// query would return both its series and these, under different label names.
+pub const CONSUMER_PENDING: &str = "orders.consumer.lag.pending";
+pub const CONSUMER_ACK_PENDING: &str = "orders.consumer.lag.ack_pending";
+pub const CONSUMER_REDELIVERED: &str = "orders.consumer.lag.redelivered";
 
 /// Latency buckets, in seconds: 1 ms to 10 s.
 const LATENCY_BUCKETS: [f64; 14] =
