@@ -2,7 +2,9 @@
 //! logged with a timestamp when it starts and when the system is ready again, and the next one
 //! waits until every service answers `/readyz`: faults are spaced so that each is recovered from.
 
-use std::{fmt, time::Duration};
+use std::{fmt, panic::AssertUnwindSafe, time::Duration};
+
+use futures::FutureExt;
 
 use anyhow::Context;
 use rand::{RngExt, rngs::StdRng, seq::SliceRandom};
@@ -65,17 +67,19 @@ impl fmt::Display for Fault {
 /// still meets every kind.
 #[derive(Debug)]
 pub struct Schedule {
+    faults: Vec<Fault>,
     round: Vec<Fault>,
 }
 
 impl Schedule {
-    pub fn new() -> Self {
-        Self { round: Vec::new() }
+    /// Rounds of `faults` (falls back to killing a worker when none is left).
+    pub fn new(faults: Vec<Fault>) -> Self {
+        Self { faults, round: Vec::new() }
     }
 
     pub fn next(&mut self, rng: &mut StdRng) -> Fault {
         if self.round.is_empty() {
-            self.round = ALL.to_vec();
+            self.round = self.faults.clone();
             self.round.shuffle(rng);
         }
         self.round.pop().unwrap_or(Fault::KillWorker)
@@ -110,23 +114,23 @@ pub async fn inject(
         Fault::KillWorker => {
             let index = rng.random_range(0..stack.workers.len());
             let worker = &mut stack.workers[index];
-            say(&format!("fault {fault}: SIGKILL {} (pid {})", worker.instance, worker.process.pid()));
+            say(&format!("fault {fault}: SIGKILL {} (pid {:?})", worker.instance, worker.process.id()));
             worker.process.kill().await;
             tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
-            stack.restart_worker(index).await;
+            supervise(fault, stack, Some(index)).await?;
         }
         Fault::KillOrderApi => {
-            say(&format!("fault {fault}: SIGKILL order-api (pid {})", stack.order_api.pid()));
+            say(&format!("fault {fault}: SIGKILL order-api (pid {:?})", stack.order_api.id()));
             stack.order_api.kill().await;
             tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
-            stack.restart_order_api().await;
+            supervise(fault, stack, None).await?;
         }
         Fault::KillDlq => {
             let dlq = stack.dlq.as_mut().context("dlq-service runs")?;
-            say(&format!("fault {fault}: SIGKILL dlq-service (pid {})", dlq.process.pid()));
+            say(&format!("fault {fault}: SIGKILL dlq-service (pid {:?})", dlq.process.id()));
             dlq.process.kill().await;
             tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
-            stack.restart_dlq().await;
+            supervise(fault, stack, None).await?;
         }
         Fault::RestartNats => {
             say(&format!("fault {fault}: SIGKILL nats-server for {hold:.1?}"));
@@ -187,6 +191,45 @@ pub async fn inject(
     ));
     Ok(())
 }
+
+/// Starts the killed service again, as a supervisor (systemd, Kubernetes) would: if it exits
+/// before it is ready, it is started again, up to [`START_ATTEMPTS`] times. Each failed start
+/// is logged and counted in [`FAILED_STARTS`]: a service should come back at its first start.
+async fn supervise(fault: Fault, stack: &mut Stack, worker: Option<usize>) -> anyhow::Result<()> {
+    for attempt in 1..=START_ATTEMPTS {
+        // The test-support helpers panic when a process exits before it is ready (what a test
+        // wants); here that is one failed start.
+        let started = AssertUnwindSafe(async {
+            match (fault, worker) {
+                (Fault::KillWorker, Some(index)) => stack.restart_worker(index).await,
+                (Fault::KillOrderApi, _) => stack.restart_order_api().await,
+                (Fault::KillDlq, _) => stack.restart_dlq().await,
+                _ => {}
+            }
+        })
+        .catch_unwind()
+        .await;
+        match started {
+            Ok(()) => return Ok(()),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                    .unwrap_or_default();
+                say(&format!("fault {fault}: start attempt {attempt} FAILED: {message}"));
+                FAILED_STARTS.lock().map(|mut all| all.push(format!("{fault}: {message}"))).ok();
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    anyhow::bail!("the service did not start in {START_ATTEMPTS} attempts")
+}
+
+const START_ATTEMPTS: u32 = 5;
+
+/// Starts of a service that failed (it exited before it was ready), with the reason.
+pub static FAILED_STARTS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
 /// An admin session on the soak's database (superuser, always allowed to write).
 async fn admin(db_url: &str) -> anyhow::Result<PgConnection> {

@@ -191,6 +191,11 @@ async fn publish_poison(js: &async_nats::jetstream::Context, planned: &Planned) 
             headers.insert("ce-type", "orders.placed.v1");
             format!("\u{1}chaos poison #{}: this is not an order", planned.index).into_bytes()
         }
+        Kind::PoisonNul => {
+            headers.insert("ce-id", Uuid::now_v7().to_string().as_str());
+            headers.insert("ce-type", "orders.placed.v1");
+            format!(r#"{{"chaos_poison": {}, "note": "NUL \u0000 inside"}}"#, planned.index).into_bytes()
+        }
         _ => {
             let mut body = planned.body.clone();
             body["order_id"] = Uuid::now_v7().to_string().into();

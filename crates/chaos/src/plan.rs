@@ -34,11 +34,14 @@ pub enum Kind {
     PoisonPayload,
     /// Published straight to `orders.new`: an order's payload without its `ce-*` headers.
     PoisonHeaders,
+    /// Published straight to `orders.new`: JSON that is not an order and holds `\u0000`, which
+    /// Postgres cannot store in `jsonb` (the dead letter must keep it anyway).
+    PoisonNul,
 }
 
 impl Kind {
     pub fn is_poison(self) -> bool {
-        matches!(self, Kind::PoisonPayload | Kind::PoisonHeaders)
+        matches!(self, Kind::PoisonPayload | Kind::PoisonHeaders | Kind::PoisonNul)
     }
 
     pub fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Kind {
             Kind::UnknownSku => "unknown SKU (rejected)",
             Kind::PoisonPayload => "poison: unreadable payload",
             Kind::PoisonHeaders => "poison: no ce-* headers",
+            Kind::PoisonNul => "poison: JSON with \\u0000",
         }
     }
 
@@ -60,7 +64,7 @@ impl Kind {
             Kind::Failing => status == "dead_lettered",
             Kind::Scarce => status == "reserved" || status == "rejected",
             Kind::UnknownSku => status == "rejected",
-            Kind::PoisonPayload | Kind::PoisonHeaders => false,
+            Kind::PoisonPayload | Kind::PoisonHeaders | Kind::PoisonNul => false,
         }
     }
 }
@@ -85,8 +89,10 @@ pub struct Plan {
 
 impl Plan {
     /// `n` orders drawn from `seed`: about 79 % ordinary, 6 % flaky, 3 % failing, 5 % scarce,
-    /// 4 % unknown SKU, 3 % poison.
-    pub fn new(n: usize, seed: u64) -> Self {
+    /// 4 % unknown SKU, 3 % poison (1 % of each kind).
+    /// Without `nul_poison`, the poison messages that hold `\u0000` are unreadable payloads
+    /// instead.
+    pub fn new(n: usize, seed: u64, nul_poison: bool) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut orders = Vec::with_capacity(n);
         for index in 0..n {
@@ -97,8 +103,10 @@ impl Plan {
                 85..88 => Kind::Failing,
                 88..93 => Kind::Scarce,
                 93..97 => Kind::UnknownSku,
-                97..99 => Kind::PoisonPayload,
-                _ => Kind::PoisonHeaders,
+                97 => Kind::PoisonPayload,
+                98 => Kind::PoisonHeaders,
+                _ if nul_poison => Kind::PoisonNul,
+                _ => Kind::PoisonPayload,
             };
             let mut items: Vec<(String, u32)> = Vec::new();
             let plentiful = rng.random_range(1..=3usize);
@@ -143,14 +151,14 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_plan() {
-        let (a, b) = (Plan::new(200, 7), Plan::new(200, 7));
+        let (a, b) = (Plan::new(200, 7, true), Plan::new(200, 7, true));
         let bodies = |p: &Plan| p.orders.iter().map(|o| o.body.to_string()).collect::<Vec<_>>();
         assert_eq!(bodies(&a), bodies(&b));
-        assert_ne!(bodies(&a), bodies(&Plan::new(200, 8)));
+        assert_ne!(bodies(&a), bodies(&Plan::new(200, 8, true)));
     }
 
     #[test]
     fn a_large_plan_has_every_kind() {
-        assert_eq!(Plan::new(2_000, 1).counts().len(), 7);
+        assert_eq!(Plan::new(2_000, 1, true).counts().len(), 8);
     }
 }

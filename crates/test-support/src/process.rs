@@ -49,6 +49,11 @@ impl ServiceProcess {
         self.child.id().expect("process is running")
     }
 
+    /// The process ID, or `None` once the process has exited and been reaped.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Waits until `GET {base_url}/readyz` answers 200.
     pub async fn wait_ready(&mut self, base_url: &str) {
         let url = format!("{base_url}/readyz");
