@@ -114,20 +114,20 @@ pub async fn inject(
         Fault::KillWorker => {
             let index = rng.random_range(0..stack.workers.len());
             let worker = &mut stack.workers[index];
-            say(&format!("fault {fault}: SIGKILL {} (pid {:?})", worker.instance, worker.process.id()));
+            say(&format!("fault {fault}: SIGKILL {} (pid {})", worker.instance, pid(&worker.process)));
             worker.process.kill().await;
             tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
             supervise(fault, stack, Some(index)).await?;
         }
         Fault::KillOrderApi => {
-            say(&format!("fault {fault}: SIGKILL order-api (pid {:?})", stack.order_api.id()));
+            say(&format!("fault {fault}: SIGKILL order-api (pid {})", pid(&stack.order_api)));
             stack.order_api.kill().await;
             tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
             supervise(fault, stack, None).await?;
         }
         Fault::KillDlq => {
             let dlq = stack.dlq.as_mut().context("dlq-service runs")?;
-            say(&format!("fault {fault}: SIGKILL dlq-service (pid {:?})", dlq.process.id()));
+            say(&format!("fault {fault}: SIGKILL dlq-service (pid {})", pid(&dlq.process)));
             dlq.process.kill().await;
             tokio::time::sleep(hold.min(Duration::from_secs(3))).await;
             supervise(fault, stack, None).await?;
@@ -266,4 +266,9 @@ pub async fn wait_all_ready(stack: &Stack) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A process ID for the log (`-` when the process has already exited).
+fn pid(process: &test_support::ServiceProcess) -> String {
+    process.id().map_or_else(|| "-".to_owned(), |pid| pid.to_string())
 }
