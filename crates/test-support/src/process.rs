@@ -40,8 +40,18 @@ impl ServiceProcess {
         Self { name: name.to_owned(), child, log }
     }
 
+    /// The exit status, if the process has exited (without waiting).
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().expect("process is running")
+    }
+
+    /// The process ID, or `None` once the process has exited and been reaped.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Waits until `GET {base_url}/readyz` answers 200.
@@ -107,11 +117,14 @@ fn tail(path: &PathBuf) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-/// The path of a workspace binary built for this test run (`target/debug/<name>`).
+/// The path of a workspace binary built for this run (`target/debug/<name>`), found beside the
+/// running executable: a test (in `target/<profile>/deps/`) or a binary such as `chaos`.
 pub fn binary_path(name: &str) -> PathBuf {
-    // Test executables live in target/<profile>/deps/; binaries one level up.
-    let exe = std::env::current_exe().expect("current test executable");
-    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target directory");
+    let exe = std::env::current_exe().expect("current executable");
+    let mut dir = exe.parent().expect("target directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target directory");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),

@@ -47,18 +47,23 @@ impl Stack {
     /// Starts order-api and `workers` inventory-workers at the same moment (they create the
     /// database, migrate and declare the topology concurrently) and waits until all are ready.
     pub async fn start(workers: usize, extra_env: &[(&str, &str)]) -> Self {
-        Self::start_services(workers, false, extra_env).await
+        Self::start_services(TestDatabase::new(), workers, false, extra_env).await
     }
 
     /// Like [`Stack::start`], with dlq-service too.
     pub async fn start_with_dlq(workers: usize, extra_env: &[(&str, &str)]) -> Self {
-        Self::start_services(workers, true, extra_env).await
+        Self::start_services(TestDatabase::new(), workers, true, extra_env).await
     }
 
-    async fn start_services(workers: usize, dlq: bool, extra_env: &[(&str, &str)]) -> Self {
+    /// Like [`Stack::start_with_dlq`], on a database of the caller's, e.g. one on a
+    /// [`PostgresServer`](crate::PostgresServer) that the caller stops and starts.
+    pub async fn start_with_dlq_on(db: TestDatabase, workers: usize, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_services(db, workers, true, extra_env).await
+    }
+
+    async fn start_services(db: TestDatabase, workers: usize, dlq: bool, extra_env: &[(&str, &str)]) -> Self {
         crate::init_logging();
         let nats = NatsServer::start().await;
-        let db = TestDatabase::new();
         let mut env: Vec<(String, String)> =
             vec![("NATS_URL".into(), nats.url()), ("DATABASE_URL".into(), db.url())];
         env.extend(QUICK_SETTINGS.iter().chain(extra_env).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
@@ -115,6 +120,30 @@ impl Stack {
             spawn("dlq-service", "dlq-service", &self.env, &[("HTTP_ADDR", format!("127.0.0.1:{port}"))]);
         self.dlq = Some(Dlq { process, base_url: url });
         self.wait_dlq_ready().await;
+    }
+
+    /// Kills order-api (SIGKILL, like a crash), starts it again on the same port, and waits
+    /// until it is ready.
+    pub async fn restart_order_api(&mut self) {
+        self.order_api.kill().await;
+        let port = self.api.base_url.rsplit(':').next().expect("port").to_owned();
+        self.order_api =
+            spawn("order-api", "order-api", &self.env, &[("HTTP_ADDR", format!("127.0.0.1:{port}"))]);
+        let url = self.api.base_url.clone();
+        self.order_api.wait_ready(&url).await;
+    }
+
+    /// Kills worker `index` (SIGKILL), starts it again with the same instance name, and waits
+    /// until it is ready.
+    pub async fn restart_worker(&mut self, index: usize) {
+        let mut old = self.workers.remove(index);
+        old.process.kill().await;
+        let new = self.spawn_worker_process(&old.instance);
+        let worker = self.workers.remove(new);
+        self.workers.insert(index, worker);
+        let worker = &mut self.workers[index];
+        let url = worker.inventory.base_url.clone();
+        worker.process.wait_ready(&url).await;
     }
 
     fn spawn_worker_process(&mut self, instance: &str) -> usize {
