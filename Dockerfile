@@ -17,6 +17,7 @@ COPY crates/dlq-service/Cargo.toml crates/dlq-service/
 COPY crates/loadgen/Cargo.toml crates/loadgen/
 COPY crates/test-support/Cargo.toml crates/test-support/
 COPY crates/e2e/Cargo.toml crates/e2e/
+COPY crates/chaos/Cargo.toml crates/chaos/
 RUN for crate in crates/*/; do \
         mkdir -p "$crate/src" && touch "$crate/src/lib.rs" && echo 'fn main() {}' > "$crate/src/main.rs"; \
     done \
