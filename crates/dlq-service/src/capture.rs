@@ -1,6 +1,6 @@
 //! Capture: turns what arrives on `orders_unprocessed` into `dead_letters` rows.
 //!
-//! Three kinds of message arrive there:
+//! Four kinds of message arrive there:
 //!
 //! - **MAX_DELIVERIES advisories** (`$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<stream>.<consumer>`),
 //!   for the consumers of both `orders_stream` and `order_events`: JetStream gave up on a
@@ -9,8 +9,11 @@
 //!   (work queue only, see below) the original is deleted, **then** the advisory is
 //!   acknowledged. A crash anywhere in between repeats the steps, harmlessly: the row is unique
 //!   on stream and sequence.
-//! - **Poison copies** (`orders_unprocessed.poison`): a consumer could not read a message, copied
-//!   it here with the reason, and terminated the original.
+//! - **Copies** of messages a consumer gave up on itself, with the reason, stored before it
+//!   terminated the original: poison messages it could not read (`orders_unprocessed.poison`),
+//!   and messages whose every attempt failed, from a consumer that has JetStream keep no
+//!   delivery limit for it (`orders_unprocessed.gave_up`: the projection, see
+//!   [`shared::config::GivesUp`]).
 //! - **Last errors** (`orders_unprocessed.last_error`): why a message's last attempt failed, sent
 //!   just before JetStream gives up on it.
 //!
@@ -28,7 +31,7 @@
 //!   announces `order_events.dead_lettered` (in the same transaction): the order's status
 //!   becomes `dead_lettered`, which is the truth about it.
 //! - `order_events` is a limits stream with any number of readers: a message the projection
-//!   gave up on is still good for the others, so it is **not** deleted. No `dead_lettered` event
+//!   gave up on (it sends a copy) is still good for the others, so it is **not** deleted. No `dead_lettered` event
 //!   is announced either: the order's outcome did happen (it was reserved or rejected); what
 //!   failed is order-api's *view* of it, and calling the order dead would be false. The order
 //!   shows its last projected status (usually `pending`) while the dead letter, with its
@@ -147,7 +150,9 @@ impl Capture {
                 None => self.exhausted(&advisory, message.headers.as_ref(), None).await,
             }
         } else if subject == dead_letter::POISON_SUBJECT {
-            self.poison(message).await
+            self.copy(message, Copy::Poison).await
+        } else if subject == dead_letter::GAVE_UP_SUBJECT {
+            self.copy(message, Copy::GaveUp).await
         } else if subject == dead_letter::LAST_ERROR_SUBJECT {
             self.last_error(message).await
         } else {
@@ -231,16 +236,22 @@ impl Capture {
         Ok(captured)
     }
 
-    /// A copy of a message a consumer could not read, stored before it terminated the original.
-    async fn poison(&self, message: &jetstream::Message) -> Result<Captured, CaptureError> {
+    /// A copy of a message a consumer gave up on (it could not read it, or every attempt
+    /// failed), stored before it terminated the original.
+    async fn copy(&self, message: &jetstream::Message, copy: Copy) -> Result<Captured, CaptureError> {
         let headers = message.headers.clone().unwrap_or_default();
         let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
         let own_sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
         let published = message.info().map(|i| i.published).unwrap_or_else(|_| Utc::now());
         let mut original_headers = header_map(&headers);
         original_headers.retain(|name, _| !name.starts_with("Dlq-"));
+        let deliveries = get(dead_letter::DELIVERIES).and_then(|d| d.parse().ok());
+        let why = get(dead_letter::REASON).unwrap_or_default();
         let letter = NewDeadLetter {
-            kind: "poison",
+            kind: match copy {
+                Copy::Poison => "poison",
+                Copy::GaveUp => "exhausted",
+            },
             source_stream: get(dead_letter::SOURCE_STREAM).unwrap_or_else(|| UNPROCESSED_STREAM.to_owned()),
             source_sequence: get(dead_letter::SOURCE_SEQUENCE)
                 .and_then(|s| s.parse().ok())
@@ -251,8 +262,14 @@ impl Capture {
             payload: Some(message.payload.to_vec()),
             headers: original_headers,
             consumer: get(dead_letter::CONSUMER),
-            deliveries: get(dead_letter::DELIVERIES).and_then(|d| d.parse().ok()),
-            reason: format!("unprocessable message: {}", get(dead_letter::REASON).unwrap_or_default()),
+            deliveries,
+            reason: match copy {
+                Copy::Poison => format!("unprocessable message: {why}"),
+                Copy::GaveUp => format!(
+                    "delivery limit reached: {} attempts failed",
+                    deliveries.map_or("all".to_owned(), |d: i32| d.to_string())
+                ),
+            },
             last_error: get(dead_letter::REASON),
             first_seen_at: Some(published),
             failed_at: published,
@@ -371,6 +388,15 @@ impl Capture {
             }
         }
     }
+}
+
+/// What a consumer's copy of a message it gave up on says about it.
+#[derive(Debug, Clone, Copy)]
+enum Copy {
+    /// On [`dead_letter::POISON_SUBJECT`]: no attempt could ever succeed.
+    Poison,
+    /// On [`dead_letter::GAVE_UP_SUBJECT`]: every attempt failed, up to its consumer's limit.
+    GaveUp,
 }
 
 /// The span of capturing one dead letter. Its parent is the dead message's own context, so

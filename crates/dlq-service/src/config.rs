@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use shared::config::{ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings};
+use shared::config::{
+    ConfigError, ConsumerSettings, DatabaseConfig, Env, GivesUp, NatsConfig, RelaySettings,
+};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -12,8 +14,10 @@ pub struct Config {
     pub nats: NatsConfig,
     /// `OUTBOX_*`: the relay that publishes `order_events.dead_lettered` and replays.
     pub relay: RelaySettings,
-    /// `DLQ_*`: the durable consumer of `orders_unprocessed`. Capture must not give up on a
-    /// dead letter because Postgres was down for a while, so it retries many times.
+    /// `DLQ_*`: the durable consumer of `orders_unprocessed`. It never gives up on a message
+    /// ([`GivesUp::Never`]): what it cannot read it records as it is, so what fails is Postgres
+    /// or NATS, and a dead letter must not be lost because they were away for a while. There
+    /// is no `DLQ_MAX_DELIVER`.
     pub capture: ConsumerSettings,
     /// `LAG_POLL_INTERVAL`: how often the capture consumer's lag and the number of dead
     /// letters waiting for review are refreshed for /metrics.
@@ -29,15 +33,25 @@ pub struct Config {
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
-        // Capture's own defaults go in before validation, so `DLQ_MAX_DELIVER` or `DLQ_BACKOFF`
-        // set alone is checked against the other's capture default, not the workers' default.
-        let capture = ConsumerSettings::from_env_with_defaults(
-            env,
-            "DLQ",
-            "dlq-service",
-            1_000,
-            &[Duration::from_secs(5), Duration::from_secs(30)],
-        )?;
+        if let Some(value) = env.raw("DLQ_MAX_DELIVER") {
+            return Err(ConfigError::new(
+                "DLQ_MAX_DELIVER",
+                &value,
+                "capture never gives up on a message, so it has no delivery limit: unset it",
+            ));
+        }
+        // Capture's own pauses, 5 s then every 30 s; the delivery limit given here only bounds
+        // how many pauses `DLQ_BACKOFF` may list.
+        let capture = ConsumerSettings {
+            gives_up: GivesUp::Never,
+            ..ConsumerSettings::from_env_with_defaults(
+                env,
+                "DLQ",
+                "dlq-service",
+                1_000,
+                &[Duration::from_secs(5), Duration::from_secs(30)],
+            )?
+        };
         Ok(Self {
             http_addr: env.socket_addr("HTTP_ADDR", "127.0.0.1:8082")?,
             database: DatabaseConfig::from_env(env)?,
@@ -68,20 +82,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn capture_retries_for_a_long_time_by_default() {
+    fn capture_never_gives_up() {
         let config = Config::from_env(&Env::from_pairs([])).unwrap();
         assert_eq!(config.http_addr.port(), 8082);
         assert_eq!(config.capture.name, "dlq-service");
-        assert_eq!(config.capture.max_deliver, 1_000);
+        assert_eq!(config.capture.gives_up, GivesUp::Never);
+        assert_eq!(config.capture.jetstream_max_deliver(), -1, "no MAX_DELIVERIES advisory, ever");
+        assert!(!config.capture.is_last_attempt(1_000_000));
     }
 
     #[test]
-    fn dlq_max_deliver_or_backoff_can_be_set_alone() {
-        let config = Config::from_env(&Env::from_pairs([("DLQ_MAX_DELIVER", "3")])).unwrap();
-        assert_eq!((config.capture.max_deliver, config.capture.backoff.len()), (3, 2));
+    fn dlq_backoff_can_be_set_and_dlq_max_deliver_is_refused() {
         let config = Config::from_env(&Env::from_pairs([("DLQ_BACKOFF", "1s,2s,3s,4s,5s,6s")])).unwrap();
-        assert_eq!(config.capture.max_deliver, 1_000);
         assert_eq!(config.capture.backoff.len(), 6);
+        let err = Config::from_env(&Env::from_pairs([("DLQ_MAX_DELIVER", "3")])).unwrap_err();
+        assert_eq!(err.variable, "DLQ_MAX_DELIVER");
+        assert!(err.to_string().contains("never gives up"), "{err}");
         let err = Config::from_env(&Env::from_pairs([("DLQ_SWEEP_INTERVAL", "0s")])).unwrap_err();
         assert!(err.to_string().contains("DLQ_SWEEP_INTERVAL"), "{err}");
     }

@@ -32,8 +32,12 @@
 //!
 //! Not swept: `order_events`, a limits stream, keeps every message whether or not the
 //! projection processed it, so "still in the stream" says nothing there; JetStream exposes no
-//! cheap per-message delivery state to tell a dead event from a processed one. Its consumers'
-//! advisories are captured (see [`crate::capture`]), but one lost there is not recovered.
+//! cheap per-message delivery state to tell a dead event from a processed one. That is why the
+//! projection does not leave giving up to JetStream: its consumer has no delivery limit, and
+//! on its last attempt it copies the event to the dead-letter stream itself, then terminates
+//! it ([`shared::config::GivesUp::Consumer`]), so there is no advisory to lose. (A consumer of
+//! `order_events` that does leave it to JetStream has its advisories captured too, but one
+//! lost there is not recovered: do as the projection does.)
 //!
 //! The same round prunes last-error notes that no dead letter claimed
 //! ([`store::prune_last_errors`]).

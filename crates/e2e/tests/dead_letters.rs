@@ -190,3 +190,80 @@ async fn a_replay_inside_the_duplicate_window_is_reserved_once_a_second_replay_i
     );
     assert_eq!(before.available - after.available, 3);
 }
+
+/// Issue 16, row 11, for `order_events`: the projection reads a limits stream, where a lost
+/// MAX_DELIVERIES advisory could never be made good, so it gives up on an event itself. An
+/// event it cannot apply (here: its order's row stays locked) ends as a dead letter with no
+/// advisory involved, and a replay, once the lock is gone, makes the order reserved.
+#[tokio::test]
+async fn an_event_the_projection_gives_up_on_is_a_dead_letter_without_any_advisory_and_a_replay_applies_it() {
+    let quick_give_up = [
+        ("PROJECTION_MAX_DELIVER", "2"),
+        ("PROJECTION_BACKOFF", "200ms"),
+        ("DATABASE_LOCK_TIMEOUT", "200ms"),
+    ];
+    // No worker: the test publishes the outcome itself, once it holds the order's row.
+    let stack = Stack::start_with_dlq(0, &quick_give_up).await;
+    let client = stack.nats.client().await;
+    let mut advisories = client.subscribe("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.>").await.unwrap();
+    let id = stack.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
+    let pool = stack.db.pool(order_api::SCHEMA).await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM orders WHERE id = $1::uuid FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+
+    let reserved = shared::messages::OutgoingMessage::event(
+        &shared::messages::OrderReserved {
+            version: 1,
+            order_id: id.parse().unwrap(),
+            items: vec![],
+            reserved_at: chrono::Utc::now(),
+        },
+        "test",
+    );
+    let js = stack.nats.jetstream().await;
+    js.publish_with_headers(
+        reserved.subject.clone(),
+        reserved.nats_headers(),
+        reserved.payload.clone().into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+
+    let letter = wait_until("the projection's dead letter", SETTLE, || async {
+        dead_letters(&stack).await.into_iter().find(|l| l["source_stream"] == "order_events")
+    })
+    .await;
+    assert_eq!(letter["consumer"], "order-api-projection");
+    assert_eq!(letter["order_id"], id.as_str());
+    assert_eq!(letter["deliveries"], 2);
+    assert_eq!(letter["message_id"], reserved.message_id.to_string());
+    assert!(
+        letter["reason"].as_str().unwrap().starts_with("delivery limit reached: 2 attempts failed"),
+        "{letter}"
+    );
+    assert!(letter["last_error"].as_str().unwrap().contains("lock"), "{letter}");
+
+    let projection =
+        js.get_stream("order_events").await.unwrap().consumer_info("order-api-projection").await.unwrap();
+    assert_eq!(projection.config.max_deliver, -1, "JetStream never gives up on the projection's events");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), futures::StreamExt::next(&mut advisories))
+            .await
+            .is_err(),
+        "no MAX_DELIVERIES advisory was needed"
+    );
+
+    lock.rollback().await.unwrap();
+    assert_eq!(stack.api.status_of(&id).await.as_deref(), Some("pending"), "given up on, not applied");
+    let (status, _) =
+        post(dlq_url(&stack, &format!("/dead-letters/{}/replay", letter["id"].as_str().unwrap())), None)
+            .await;
+    assert_eq!(status, StatusCode::OK);
+    wait_for_status(&stack, &id, "reserved").await;
+}

@@ -2,7 +2,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use shared::config::{ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings};
+use shared::config::{
+    ConfigError, ConsumerSettings, DatabaseConfig, Env, GivesUp, NatsConfig, RelaySettings,
+};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -36,7 +38,12 @@ impl Config {
             database: DatabaseConfig::from_env(env)?,
             nats: NatsConfig::from_env(env)?,
             relay: RelaySettings::from_env(env)?,
-            projection: ConsumerSettings::from_env(env, "PROJECTION", "order-api-projection")?,
+            // The projection reads a limits stream, where a lost MAX_DELIVERIES advisory could
+            // not be made good afterwards: it gives up on an event itself (see `GivesUp`).
+            projection: ConsumerSettings {
+                gives_up: GivesUp::Consumer,
+                ..ConsumerSettings::from_env(env, "PROJECTION", "order-api-projection")?
+            },
             max_outbox_backlog: env.number("OUTBOX_MAX_BACKLOG", 10_000, 1..=10_000_000)?,
             max_consumer_lag: env.number("MAX_CONSUMER_LAG", 10_000, 1..=10_000_000)?,
             worker_consumer: env.string("WORKER_CONSUMER", "inventory-worker"),

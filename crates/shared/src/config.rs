@@ -425,6 +425,29 @@ impl RelaySettings {
     }
 }
 
+/// Who gives up on a message that keeps failing, and so who must tell the dead-letter service.
+///
+/// A consumer of this project never drops a message silently: whichever way it is given up on,
+/// a `dead_letters` row records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GivesUp {
+    /// JetStream, after `max_deliver` deliveries: it emits a MAX_DELIVERIES advisory, which the
+    /// dead-letter service captures (the seed article's design; the inventory worker's). An
+    /// advisory is best effort, so on the work queue the dead-letter service's sweep finds a
+    /// message whose advisory was lost: such a message stays in the stream.
+    JetStream,
+    /// The consumer itself, on its `max_deliver`th failed attempt: it stores a copy in the
+    /// dead-letter stream, then terminates the message; JetStream has no delivery limit, so
+    /// there is no advisory to lose. For a consumer of a limits stream (the projection of
+    /// `order_events`), where nothing after the fact tells a message given up on from one
+    /// processed, so a lost advisory could not be recovered.
+    Consumer,
+    /// Nobody: retried until it succeeds. For the dead-letter service's own capture, whose
+    /// failures are the database's or NATS's, never the message's (what it cannot read it records
+    /// as it is), and which has nobody to hand a message on to.
+    Never,
+}
+
 /// Settings of a durable pull consumer run by [`crate::consumer::IdempotentConsumer`].
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -432,8 +455,10 @@ pub struct ConsumerSettings {
     pub name: String,
     /// Most messages handled in one database transaction.
     pub batch_size: usize,
-    /// Deliveries before JetStream gives up on a message and emits a MAX_DELIVERIES advisory.
+    /// Attempts before a message that keeps failing is given up on (by whom: `gives_up`).
     pub max_deliver: i64,
+    /// Who gives up on a message after `max_deliver` failed attempts.
+    pub gives_up: GivesUp,
     /// The consumer's `BackOff`: how long JetStream waits, after each delivery, for an
     /// acknowledgement before it delivers the message again (a failed attempt, or a worker that
     /// crashed or hung). The first value is also the ack wait; the last repeats.
@@ -494,11 +519,26 @@ impl ConsumerSettings {
             name,
             batch_size: env.number(&var("BATCH_SIZE"), 100, 1..=1_000)?,
             max_deliver,
+            gives_up: GivesUp::JetStream,
             backoff,
             max_ack_pending: env.number(&var("MAX_ACK_PENDING"), 1_000, 1..=100_000)?,
             max_in_progress: positive(env, &var("MAX_IN_PROGRESS"), Duration::from_secs(30))?,
             instance: env.raw("INSTANCE_ID").unwrap_or_else(default_instance_id),
         })
+    }
+
+    /// Whether a failed delivery number `attempt` (1-based) is the last one.
+    pub fn is_last_attempt(&self, attempt: u64) -> bool {
+        self.gives_up != GivesUp::Never && attempt >= self.max_deliver.unsigned_abs()
+    }
+
+    /// The consumer's `max_deliver` as JetStream sees it: -1 (no limit) unless JetStream is the
+    /// one that gives up.
+    pub fn jetstream_max_deliver(&self) -> i64 {
+        match self.gives_up {
+            GivesUp::JetStream => self.max_deliver,
+            GivesUp::Consumer | GivesUp::Never => -1,
+        }
     }
 
     /// How long JetStream waits after delivery number `attempt` (1-based) before the next one.

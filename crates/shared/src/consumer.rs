@@ -27,10 +27,12 @@
 //! it when its ack wait runs out, and the consumer's `BackOff` list makes each wait longer
 //! (1 s, 2 s, 4 s, 8 s by default): one retry schedule, the same for a failed attempt and for a
 //! worker that crashed or hung. (A nak would need a delay of its own, and JetStream adds a
-//! nak's delay to the BackOff step rather than replacing it.) After `max_deliver` attempts
-//! JetStream gives up and emits a MAX_DELIVERIES advisory, which the dead-letter service
-//! captures; the last attempt's error is published beside it. A poison message, which no retry
-//! can fix, is copied to the dead-letter stream and terminated at once.
+//! nak's delay to the BackOff step rather than replacing it.) After `max_deliver` attempts the
+//! message is given up on, by whoever the settings say ([`GivesUp`]): JetStream, which emits a
+//! MAX_DELIVERIES advisory that the dead-letter service captures (the last attempt's error is
+//! published beside it), or the consumer itself, which copies the message to the dead-letter
+//! stream and terminates it. A poison message, which no retry can fix, is copied and
+//! terminated at once.
 //!
 //! If Postgres is down, in any way ([`db::is_unavailable`]: unreachable, read-only, out of disk,
 //! too slow), the batch is left unacknowledged and the consumer **stops pulling** until Postgres
@@ -68,11 +70,11 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use uuid::Uuid;
 
 use crate::{
-    config::ConsumerSettings,
+    config::{ConsumerSettings, GivesUp},
     db,
     messages::{
         Envelope,
-        dead_letter::{self, LAST_ERROR_SUBJECT, POISON_SUBJECT},
+        dead_letter::{self, GAVE_UP_SUBJECT, LAST_ERROR_SUBJECT, POISON_SUBJECT},
         headers,
     },
     outbox::OutboxWaker,
@@ -490,38 +492,51 @@ impl<H: Handler> IdempotentConsumer<H> {
             Disposition::Retry { reason, delay } => {
                 telemetry::record_error(span, "attempt_failed", reason);
                 // Not acknowledged: JetStream redelivers it after `delay`, the next BackOff step.
-                if delivery.attempt >= self.settings.max_deliver.unsigned_abs() {
-                    span.in_scope(|| tracing::warn!(%consumer, %reason, gives_up_in = ?delay, "last attempt failed; JetStream will dead-letter the message"));
-                    // Leave word of why, for the dead-letter record (the MAX_DELIVERIES
-                    // advisory does not say).
-                    self.publish_about(message, LAST_ERROR_SUBJECT, reason, Bytes::new())
-                        .instrument(span.clone())
-                        .await
-                        .ok();
-                } else {
+                if !self.settings.is_last_attempt(delivery.attempt) {
                     span.in_scope(|| tracing::info!(%consumer, %reason, retry_in = ?delay, "attempt failed; will retry"));
+                    return;
+                }
+                match self.settings.gives_up {
+                    GivesUp::JetStream => {
+                        span.in_scope(|| tracing::warn!(%consumer, %reason, gives_up_in = ?delay, "last attempt failed; JetStream will dead-letter the message"));
+                        // Leave word of why, for the dead-letter record (the MAX_DELIVERIES
+                        // advisory does not say).
+                        self.publish_about(message, LAST_ERROR_SUBJECT, reason, Bytes::new())
+                            .instrument(span.clone())
+                            .await
+                            .ok();
+                    }
+                    GivesUp::Consumer | GivesUp::Never => {
+                        span.in_scope(|| tracing::error!(%consumer, stream_sequence = delivery.stream_sequence, %reason, "last attempt failed: copying the message to the dead-letter stream"));
+                        self.copy_then_terminate(message, GAVE_UP_SUBJECT, reason)
+                            .instrument(span.clone())
+                            .await;
+                    }
                 }
             }
             Disposition::Poison { reason } => {
                 telemetry::record_error(span, "poison", reason);
-                async {
-                    tracing::error!(%consumer, stream_sequence = delivery.stream_sequence, %reason, "poison message: copying it to the dead-letter stream");
-                    // A work-queue stream deletes a terminated message, so terminate only once a
-                    // copy is stored; if the copy fails, leave it unacknowledged and try again on
-                    // redelivery.
-                    match self.publish_about(message, POISON_SUBJECT, reason, message.payload.clone()).await {
-                        Ok(()) => {
-                            if let Err(err) = terminate(message, reason).await {
-                                tracing::warn!(%consumer, error = %err, "term failed; the message will be redelivered");
-                            }
-                        }
-                        Err(err) => {
-                            tracing::warn!(%consumer, error = %err, "could not store a copy of the poison message; not terminating it");
-                        }
-                    }
+                span.in_scope(|| tracing::error!(%consumer, stream_sequence = delivery.stream_sequence, %reason, "poison message: copying it to the dead-letter stream"));
+                self.copy_then_terminate(message, POISON_SUBJECT, reason).instrument(span.clone()).await;
+            }
+        }
+    }
+
+    /// Gives up on a message: stores a copy of it in the dead-letter stream, then terminates
+    /// it. A work-queue stream deletes a terminated message, so it is terminated only once the
+    /// copy is stored; if the copy fails, it is left unacknowledged and tried again on
+    /// redelivery (a second copy is harmless: the dead-letter row is unique on stream and
+    /// sequence).
+    async fn copy_then_terminate(&self, message: &jetstream::Message, subject: &'static str, reason: &str) {
+        let consumer = &self.settings.name;
+        match self.publish_about(message, subject, reason, message.payload.clone()).await {
+            Ok(()) => {
+                if let Err(err) = terminate(message, reason).await {
+                    tracing::warn!(%consumer, error = %err, "term failed; the message will be redelivered");
                 }
-                .instrument(span.clone())
-                .await;
+            }
+            Err(err) => {
+                tracing::warn!(%consumer, error = %err, "could not store a copy of the message; not terminating it");
             }
         }
     }
@@ -548,7 +563,8 @@ impl<H: Handler> IdempotentConsumer<H> {
     async fn ack(&self, delivery: &Delivery) {
         let message = &delivery.message;
         let consumer = &self.settings.name;
-        if delivery.attempt < self.settings.max_deliver.unsigned_abs() {
+        if !(self.settings.gives_up == GivesUp::JetStream && self.settings.is_last_attempt(delivery.attempt))
+        {
             // Not waiting for the server's confirmation: if this ack is lost, the message comes
             // back and is recognised as a duplicate.
             if let Err(err) = message.ack().await {

@@ -32,10 +32,10 @@ pub const UNPROCESSED_STREAM: &str = "orders_unprocessed";
 /// `max_deliver`.
 pub const MAX_DELIVERIES_ADVISORY_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.";
 /// The streams whose durable consumers can give up on a message, so whose MAX_DELIVERIES
-/// advisories `orders_unprocessed` captures: every consumer of the project, the projection's
-/// included, so that no consumer can drop a message without a dead letter. (The dead-letter
-/// service's own consumer of `orders_unprocessed` is not among them: it retries for days, and a
-/// dead letter about a dead letter would go round in circles.)
+/// advisories `orders_unprocessed` captures, so that no consumer can drop a message without a
+/// dead letter. (The projection gives up on an event itself and sends a copy, see
+/// [`crate::config::GivesUp`]; a consumer someone adds to `order_events` may leave it to
+/// JetStream. The dead-letter service's own consumer of `orders_unprocessed` never gives up.)
 pub const DEAD_LETTER_SOURCES: [&str; 2] = [ORDERS_STREAM, EVENTS_STREAM];
 
 /// The advisory subject of every consumer of `stream`.
@@ -127,8 +127,9 @@ pub fn durable_consumer_config(settings: &ConsumerSettings, filter_subject: &str
         deliver_policy: DeliverPolicy::All,
         // Acknowledge each message after its work is committed: at-least-once delivery.
         ack_policy: AckPolicy::Explicit,
-        // After `max_deliver` deliveries JetStream stops and emits a MAX_DELIVERIES advisory.
-        max_deliver: settings.max_deliver,
+        // After `max_deliver` deliveries JetStream stops and emits a MAX_DELIVERIES advisory;
+        // -1 for a consumer that gives up itself, or never (see `GivesUp`).
+        max_deliver: settings.jetstream_max_deliver(),
         // Applies to redeliveries after an ack timeout (a worker that died or hung); the first
         // value also becomes the ack wait. Naks carry their own delay (see `consumer`).
         backoff: settings.backoff.clone(),

@@ -9,6 +9,7 @@ use async_nats::jetstream::{
     stream::{DiscardPolicy, RetentionPolicy, StorageType},
 };
 use chrono::Utc;
+use futures::StreamExt;
 use shared::{
     config::{ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings},
     db,
@@ -178,9 +179,25 @@ async fn a_consumer_already_as_wanted_is_left_alone_and_a_changed_one_is_updated
         .cached_info()
         .created;
 
+    // Every JetStream API request this client sends, in the order it sends them (one
+    // connection: the server keeps that order).
+    let client = js.client();
+    let mut requests = client.subscribe("$JS.API.CONSUMER.>").await.unwrap();
     let again =
         topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings(&[])).await.unwrap();
     assert_eq!(again.cached_info().created, created, "the same consumer");
+    client.publish("$JS.API.CONSUMER.test-sentinel", "".into()).await.unwrap();
+    let mut sent = Vec::new();
+    while let Some(request) = tokio::time::timeout(Duration::from_secs(5), requests.next()).await.unwrap() {
+        if request.subject.as_str() == "$JS.API.CONSUMER.test-sentinel" {
+            break;
+        }
+        sent.push(request.subject.to_string());
+    }
+    assert!(
+        !sent.is_empty() && sent.iter().all(|s| !s.contains("CREATE")),
+        "an existing consumer as wanted is only read, never written: {sent:?}"
+    );
 
     let changed = settings(&[("WORKER_MAX_DELIVER", "7")]);
     topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &changed).await.unwrap();
