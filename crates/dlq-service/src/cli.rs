@@ -2,6 +2,13 @@
 //!
 //! They work on the same table, with the same rules, as the HTTP API. A replay goes into the
 //! outbox; the running dlq-service publishes it within a poll interval.
+//!
+//! # Who may run them
+//! The command line does not go through the HTTP API and needs no operator token: it talks to
+//! Postgres directly, with the service's own `DATABASE_URL`, so whoever can run it already holds
+//! the service's database rights (and could change the table by hand). The reviewer it records
+//! is `cli:<name>`, the name from `--by` (default: `$USER`, else `cli`): the prefix tells a
+//! review made at a terminal from one made with a token, whose names cannot contain `:`.
 
 use clap::{Parser, Subcommand};
 use uuid::Uuid;
@@ -36,7 +43,8 @@ pub enum Command {
     /// Republishes a pending dead letter's message (same logical ID, fresh broker dedupe key).
     Replay {
         id: Uuid,
-        #[arg(long, default_value = "cli")]
+        /// Who is reviewing; recorded as `cli:<name>`.
+        #[arg(long, env = "USER", default_value = "cli")]
         by: String,
         #[arg(long)]
         reason: Option<String>,
@@ -46,7 +54,8 @@ pub enum Command {
         id: Uuid,
         #[arg(long)]
         reason: String,
-        #[arg(long, default_value = "cli")]
+        /// Who is reviewing; recorded as `cli:<name>`.
+        #[arg(long, env = "USER", default_value = "cli")]
         by: String,
     },
 }
@@ -64,15 +73,67 @@ pub async fn run(command: Command, config: &crate::Config) -> anyhow::Result<()>
             None => anyhow::bail!("there is no dead letter {id}"),
         },
         Command::Replay { id, by, reason } => {
-            let letter = store::replay(&pool, id, &Review { by, reason }).await?;
+            let letter = store::replay(&pool, id, &review(&by, reason)?).await?;
             eprintln!("replayed: the running dlq-service publishes it from its outbox");
             serde_json::to_string_pretty(&letter)?
         }
         Command::Discard { id, reason, by } => {
-            let letter = store::discard(&pool, id, &Review { by, reason: Some(reason) }).await?;
+            let letter = store::discard(&pool, id, &review(&by, Some(reason))?).await?;
             serde_json::to_string_pretty(&letter)?
         }
     };
     println!("{output}");
     Ok(())
+}
+
+/// The longest name `--by` takes.
+pub const MAX_BY_LEN: usize = 64;
+
+/// A review by `cli:<by>`, with the API's rules for the reason: no NUL (Postgres text cannot
+/// hold it), at most [`MAX_REASON_LEN`](crate::routes::MAX_REASON_LEN) characters.
+pub fn review(by: &str, reason: Option<String>) -> anyhow::Result<Review> {
+    let by = by.trim();
+    if by.is_empty() || by.chars().count() > MAX_BY_LEN || by.chars().any(char::is_control) {
+        anyhow::bail!("--by must be 1 to {MAX_BY_LEN} characters, none of them control characters");
+    }
+    let reason = reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+    if let Some(reason) = &reason {
+        if reason.contains('\0') {
+            anyhow::bail!("--reason must not contain the NUL character");
+        }
+        if reason.chars().count() > crate::routes::MAX_REASON_LEN {
+            anyhow::bail!("--reason must be at most {} characters", crate::routes::MAX_REASON_LEN);
+        }
+    }
+    Ok(Review { by: format!("cli:{by}"), reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_review_at_the_terminal_is_recorded_as_cli_and_the_name() {
+        let review = review(" alice ", Some(" fixed ".into())).unwrap();
+        assert_eq!((review.by.as_str(), review.reason.as_deref()), ("cli:alice", Some("fixed")));
+        assert!(super::review("", None).is_err());
+        assert!(super::review("a\nb", None).is_err());
+        assert!(super::review("alice", Some("a\0b".into())).is_err());
+    }
+
+    #[test]
+    fn by_is_read_from_the_command_line() {
+        let parsed = Cli::try_parse_from([
+            "dlq-service",
+            "discard",
+            "0193f1b2-0000-7000-8000-000000000000",
+            "--reason",
+            "r",
+            "--by",
+            "bob",
+        ])
+        .unwrap();
+        let Some(Command::Discard { by, .. }) = parsed.command else { panic!("a discard") };
+        assert_eq!(by, "bob");
+    }
 }

@@ -2,8 +2,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use shared::config::{
-    ConfigError, ConsumerSettings, DatabaseConfig, Env, GivesUp, NatsConfig, RelaySettings,
+use shared::{
+    config::{ConfigError, ConsumerSettings, DatabaseConfig, Env, GivesUp, NatsConfig, RelaySettings},
+    http::OperatorAuth,
 };
 
 #[derive(Debug, Clone)]
@@ -29,6 +30,10 @@ pub struct Config {
     /// `DLQ_LAST_ERROR_RETENTION` (default `14d`, as long as `orders_unprocessed` keeps
     /// advisories): a last-error note that no dead letter claimed by then is deleted.
     pub last_error_retention: Duration,
+    /// `OPERATOR_TOKENS`, `OPERATOR_TOKENS_FILE` or `OPERATOR_AUTH=disabled`: who may use the
+    /// review API (see [`shared::http::auth`]). Unset is allowed here, for the command line,
+    /// which does not serve it; the service refuses to start without it.
+    pub operator_auth: OperatorAuth,
 }
 
 impl Config {
@@ -65,6 +70,7 @@ impl Config {
                 "DLQ_LAST_ERROR_RETENTION",
                 Duration::from_secs(14 * 24 * 3600),
             )?,
+            operator_auth: OperatorAuth::from_env(env)?,
         })
     }
 }

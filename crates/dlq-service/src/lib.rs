@@ -55,6 +55,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub nats: async_nats::Client,
     pub outbox: OutboxWaker,
+    /// Who may call the review API.
+    pub operator_auth: shared::http::OperatorAuth,
 }
 
 /// A built dlq-service: connected, migrated, topology declared, listener bound.
@@ -71,6 +73,9 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        // Before anything is reached: the review API shows customers' payloads and replays them.
+        config.operator_auth.ensure_configured()?;
+        config.operator_auth.log_at_start_up("/dead-letters");
         let pool = connect_database(&config.database).await?;
         let (client, jetstream) = shared::nats::connect(&config.nats, "dlq-service", shutdown)
             .await
@@ -90,7 +95,12 @@ impl Application {
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
-        let state = AppState { pool, nats: client, outbox: relay.waker() };
+        let state = AppState {
+            pool,
+            nats: client,
+            outbox: relay.waker(),
+            operator_auth: config.operator_auth.clone(),
+        };
         Ok(Self { listener, state, relay, lag_monitor, capture, consumer, config })
     }
 

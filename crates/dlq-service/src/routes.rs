@@ -4,8 +4,13 @@
 //! |---|---|
 //! | `GET /dead-letters?status=pending&limit=50&cursor=…` | `{"items": [...], "next_cursor": "…" \| null}`, newest first |
 //! | `GET /dead-letters/{id}` | one dead letter, with its payload and headers |
-//! | `POST /dead-letters/{id}/replay` | republishes it (optional `{"by": "…", "reason": "…"}`); 409 unless pending |
-//! | `POST /dead-letters/{id}/discard` | `{"reason": "…"}` required (optional `"by"`); 409 unless pending |
+//! | `POST /dead-letters/{id}/replay` | republishes it (optional `{"reason": "…"}`); 409 unless pending |
+//! | `POST /dead-letters/{id}/discard` | `{"reason": "…"}` required; 409 unless pending |
+//!
+//! Every `/dead-letters` route requires an operator token (`Authorization: Bearer …`, see
+//! [`shared::http::auth`]): dead letters hold customers' orders. The reviewer recorded on a
+//! replay or discard is the token's name. A body that names one (`"by"`) is refused with 422
+//! rather than ignored, so a client written for the old API learns that its name is not used.
 
 use axum::{
     Json, Router,
@@ -15,7 +20,7 @@ use axum::{
 };
 use serde::Deserialize;
 use serde_json::json;
-use shared::http::{FieldError, JsonBody, PathParam, Problem, QueryParams};
+use shared::http::{FieldError, JsonBody, Operator, PathParam, Problem, QueryParams};
 use uuid::Uuid;
 
 use crate::{
@@ -31,12 +36,13 @@ pub const MAX_REASON_LEN: usize = 500;
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+    let review = Router::new()
         .route("/dead-letters", get(list))
         .route("/dead-letters/{id}", get(show))
         .route("/dead-letters/{id}/replay", post(replay))
-        .route("/dead-letters/{id}/discard", post(discard))
-        .route("/readyz", get(readyz));
+        .route("/dead-letters/{id}/discard", post(discard));
+    // Every route above is for operators; /readyz (and /healthz, /metrics) stay open to probes.
+    let api = state.operator_auth.protect(review).route("/readyz", get(readyz));
     // A review is a reason and a name: a few hundred bytes.
     shared::http::service_routes(shared::http::body_limit(api, MAX_BODY_BYTES)).with_state(state)
 }
@@ -50,6 +56,7 @@ struct ListQuery {
 
 async fn list(
     State(app): State<AppState>,
+    _operator: Operator,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let status = query
@@ -77,6 +84,7 @@ async fn list(
 
 async fn show(
     State(app): State<AppState>,
+    _operator: Operator,
     PathParam(id): PathParam<String>,
 ) -> Result<Json<DeadLetter>, Problem> {
     let id = parse_id(&id)?;
@@ -89,19 +97,26 @@ async fn show(
 
 #[derive(Debug, Default, Deserialize)]
 struct ReviewBody {
-    by: Option<String>,
+    /// Whether the body has a `by` member, whatever its value: it is refused.
+    #[serde(default, deserialize_with = "present")]
+    by: bool,
     reason: Option<String>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
+    serde::de::IgnoredAny::deserialize(deserializer).map(|_| true)
 }
 
 /// `POST /dead-letters/{id}/replay`; the body is optional.
 async fn replay(
     State(app): State<AppState>,
+    operator: Operator,
     PathParam(id): PathParam<String>,
     body: Option<JsonBody<ReviewBody>>,
 ) -> Result<Json<DeadLetter>, Problem> {
     let id = parse_id(&id)?;
     let body = body.map(|JsonBody(b)| b).unwrap_or_default();
-    let review = review(body, false)?;
+    let review = review(body, operator, false)?;
     let letter = store::replay(&app.pool, id, &review).await.map_err(review_problem)?;
     app.outbox.wake();
     tracing::info!(dead_letter = %id, by = %review.by, "replayed");
@@ -111,23 +126,29 @@ async fn replay(
 /// `POST /dead-letters/{id}/discard` with `{"reason": "…"}`.
 async fn discard(
     State(app): State<AppState>,
+    operator: Operator,
     PathParam(id): PathParam<String>,
     JsonBody(body): JsonBody<ReviewBody>,
 ) -> Result<Json<DeadLetter>, Problem> {
     let id = parse_id(&id)?;
-    let review = review(body, true)?;
+    let review = review(body, operator, true)?;
     let letter = store::discard(&app.pool, id, &review).await.map_err(review_problem)?;
     tracing::info!(dead_letter = %id, by = %review.by, reason = review.reason.as_deref().unwrap_or(""), "discarded");
     Ok(Json(letter))
 }
 
-fn review(body: ReviewBody, reason_required: bool) -> Result<Review, Problem> {
+/// The review of `operator`: the reviewer recorded is always the token's name.
+fn review(body: ReviewBody, operator: Operator, reason_required: bool) -> Result<Review, Problem> {
     let mut errors = Vec::new();
+    if body.by {
+        errors.push(FieldError::pointer(
+            "#/by",
+            "is not accepted: the reviewer recorded is the operator whose token authenticated the request",
+        ));
+    }
     // Valid JSON, but Postgres text cannot hold it: refused here rather than failing there.
-    for (pointer, value) in [("#/by", &body.by), ("#/reason", &body.reason)] {
-        if value.as_deref().is_some_and(|v| v.contains('\0')) {
-            errors.push(FieldError::pointer(pointer, "must not contain the NUL character (\\u0000)"));
-        }
+    if body.reason.as_deref().is_some_and(|v| v.contains('\0')) {
+        errors.push(FieldError::pointer("#/reason", "must not contain the NUL character (\\u0000)"));
     }
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
@@ -139,12 +160,11 @@ fn review(body: ReviewBody, reason_required: bool) -> Result<Review, Problem> {
             .push(FieldError::pointer("#/reason", format!("must be at most {MAX_REASON_LEN} characters"))),
         _ => {}
     }
-    let by =
-        body.by.map(|b| b.trim().to_owned()).filter(|b| !b.is_empty()).unwrap_or_else(|| "api".to_owned());
-    if by.chars().count() > 100 {
-        errors.push(FieldError::pointer("#/by", "must be at most 100 characters"));
+    if errors.is_empty() {
+        Ok(Review { by: operator.name, reason })
+    } else {
+        Err(Problem::validation(errors))
     }
-    if errors.is_empty() { Ok(Review { by, reason }) } else { Err(Problem::validation(errors)) }
 }
 
 fn parse_id(id: &str) -> Result<Uuid, Problem> {

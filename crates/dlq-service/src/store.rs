@@ -9,7 +9,8 @@
 //! - text taken from messages (subject, headers, reasons, errors) has each NUL replaced by
 //!   U+FFFD ([`pg_text`]): these are descriptions, and the exact bytes are in the payload.
 //!
-//! Review input (`by`, `reason`) with a NUL is refused by the API before it gets here.
+//! A review's `reason` with a NUL is refused by the API and the command line before it gets here;
+//! the reviewer's name is a token's name (or `cli:` and a checked one), which cannot hold one.
 //!
 //! # Last-error notes
 //! A note waits in `last_errors` only until its dead letter is recorded, which copies it and

@@ -2,7 +2,10 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use shared::config::{ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings};
+use shared::{
+    config::{ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings},
+    http::OperatorAuth,
+};
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -19,6 +22,10 @@ pub struct Config {
     pub failure_rate: f64,
     /// `LAG_POLL_INTERVAL`: how often the consumer's lag is read from JetStream for /metrics.
     pub lag_poll_interval: Duration,
+    /// `OPERATOR_TOKENS`, `OPERATOR_TOKENS_FILE` or `OPERATOR_AUTH=disabled`: who may set stock
+    /// with `PUT /inventory/{sku}` (see [`shared::http::auth`]). Required: the worker refuses
+    /// to start without one of them.
+    pub operator_auth: OperatorAuth,
 }
 
 impl Config {
@@ -31,6 +38,7 @@ impl Config {
             consumer: ConsumerSettings::from_env(env, "WORKER", "inventory-worker")?,
             failure_rate: env.fraction("INVENTORY_FAILURE_RATE", 0.0)?,
             lag_poll_interval: env.duration("LAG_POLL_INTERVAL", Duration::from_secs(2))?,
+            operator_auth: OperatorAuth::from_env(env)?,
         })
     }
 }

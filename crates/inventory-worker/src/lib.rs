@@ -46,6 +46,8 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/in
 pub struct AppState {
     pub pool: PgPool,
     pub nats: async_nats::Client,
+    /// Who may set stock.
+    pub operator_auth: shared::http::OperatorAuth,
 }
 
 /// A built worker: connected, migrated, topology declared, listener bound.
@@ -65,6 +67,9 @@ pub async fn connect_database(config: &DatabaseConfig) -> Result<PgPool, db::DbE
 
 impl Application {
     pub async fn build(config: Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
+        // Before anything is reached: setting stock is for operators only.
+        config.operator_auth.ensure_configured()?;
+        config.operator_auth.log_at_start_up("PUT /inventory/{sku}");
         let pool = connect_database(&config.database).await?;
         let (client, jetstream) = shared::nats::connect(&config.nats, "inventory-worker", shutdown)
             .await
@@ -90,7 +95,8 @@ impl Application {
         let listener = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
-        Ok(Self { listener, state: AppState { pool, nats: client }, relay, consumer, lag_monitor })
+        let state = AppState { pool, nats: client, operator_auth: config.operator_auth.clone() };
+        Ok(Self { listener, state, relay, consumer, lag_monitor })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -1,11 +1,19 @@
 //! The stock API: `GET /inventory/{sku}`, `PUT /inventory/{sku}`, plus `GET /healthz` and
 //! `GET /readyz`. For demos and tests; reservations happen only through messages.
+//!
+//! Setting stock is an operator's action: `PUT` requires an operator token
+//! ([`shared::http::auth`]), and the log line it writes names the operator. Reading stock is
+//! open, as the order API is: it tells nothing that placing orders would not.
 
-use axum::{Json, Router, extract::State, routing::get};
+use axum::{
+    Json, Router,
+    extract::State,
+    routing::{get, put},
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use shared::{
-    http::{FieldError, JsonBody, PathParam, Problem},
+    http::{FieldError, JsonBody, Operator, PathParam, Problem},
     messages::check_identifier,
 };
 
@@ -31,8 +39,10 @@ pub struct SetStock {
 }
 
 pub fn router(state: AppState) -> Router {
-    let api =
-        Router::new().route("/inventory/{sku}", get(get_stock).put(set_stock)).route("/readyz", get(readyz));
+    let set_stock = state.operator_auth.protect_route(put(set_stock));
+    let api = Router::new()
+        .route("/inventory/{sku}", get(get_stock).merge(set_stock))
+        .route("/readyz", get(readyz));
     shared::http::service_routes(shared::http::body_limit(api, MAX_BODY_BYTES)).with_state(state)
 }
 
@@ -58,6 +68,7 @@ async fn get_stock(
 /// Sets the available units of a SKU, creating it if it is new. Reserved units are untouched.
 async fn set_stock(
     State(app): State<AppState>,
+    operator: Operator,
     PathParam(sku): PathParam<String>,
     JsonBody(body): JsonBody<SetStock>,
 ) -> Result<Json<StockView>, Problem> {
@@ -74,7 +85,7 @@ async fn set_stock(
             return Err(Problem::validation(vec![FieldError::pointer("#/available", "is required")]));
         }
     };
-    sqlx::query_as(
+    let stock: StockView = sqlx::query_as(
         "INSERT INTO inventory (sku, available) VALUES ($1, $2)
          ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, updated_at = now()
          RETURNING sku, available, reserved, updated_at",
@@ -83,8 +94,9 @@ async fn set_stock(
     .bind(available)
     .fetch_one(&app.pool)
     .await
-    .map(Json)
-    .map_err(Problem::database)
+    .map_err(Problem::database)?;
+    tracing::info!(%sku, available, by = %operator.name, "stock set");
+    Ok(Json(stock))
 }
 
 async fn readyz(State(app): State<AppState>) -> Result<Json<serde_json::Value>, Problem> {

@@ -1,7 +1,35 @@
 //! Small clients for the services' HTTP APIs, so tests read as what they do.
 
-use reqwest::{Response, StatusCode};
+use reqwest::{RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
+
+macro_rules! operator_token {
+    () => {
+        "test-operator-token-5f0c2a9e17d4"
+    };
+}
+
+/// The operator token the services a test starts accept, as the operator `test`: what tests
+/// send to the operator routes (`PUT /inventory/{sku}`, `/dead-letters`).
+pub const OPERATOR_TOKEN: &str = operator_token!();
+
+/// The setting that makes a service accept [`OPERATOR_TOKEN`]: the [`Stack`](crate::stack::Stack)
+/// and the service crates' spawners pass it to every service they start.
+pub const OPERATOR_TOKENS: (&str, &str) = ("OPERATOR_TOKENS", concat!("test:", operator_token!()));
+
+/// The name the services record for a request that sends [`OPERATOR_TOKEN`].
+pub const OPERATOR_NAME: &str = "test";
+
+/// `request.as_operator()`: the request carries `Authorization: Bearer` [`OPERATOR_TOKEN`].
+pub trait AsOperator {
+    fn as_operator(self) -> Self;
+}
+
+impl AsOperator for RequestBuilder {
+    fn as_operator(self) -> Self {
+        self.bearer_auth(OPERATOR_TOKEN)
+    }
+}
 
 /// order-api.
 #[derive(Debug, Clone)]
@@ -105,10 +133,12 @@ impl InventoryApi {
         Some(Stock { available: body["available"].as_i64()?, reserved: body["reserved"].as_i64()? })
     }
 
+    /// `PUT /inventory/{sku}` as the test operator; the stock must be set.
     pub async fn set(&self, sku: &str, available: i64) {
         let response = self
             .http
             .put(format!("{}/inventory/{sku}", self.base_url))
+            .as_operator()
             .json(&json!({ "available": available }))
             .send()
             .await

@@ -64,8 +64,13 @@ impl Stack {
     async fn start_services(db: TestDatabase, workers: usize, dlq: bool, extra_env: &[(&str, &str)]) -> Self {
         crate::init_logging();
         let nats = NatsServer::start().await;
-        let mut env: Vec<(String, String)> =
-            vec![("NATS_URL".into(), nats.url()), ("DATABASE_URL".into(), db.url())];
+        let (tokens, operator_tokens) = crate::http::OPERATOR_TOKENS;
+        let mut env: Vec<(String, String)> = vec![
+            ("NATS_URL".into(), nats.url()),
+            ("DATABASE_URL".into(), db.url()),
+            // The operator routes accept `http::OPERATOR_TOKEN` (a test may unset it in `extra_env`).
+            (tokens.into(), operator_tokens.into()),
+        ];
         env.extend(QUICK_SETTINGS.iter().chain(extra_env).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
 
         let api_port = free_port();

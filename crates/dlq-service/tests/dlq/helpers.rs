@@ -5,7 +5,11 @@ use std::time::Duration;
 use dlq_service::{Application, Config, store};
 use shared::{config::Env, topology};
 use sqlx::PgPool;
-use test_support::{NatsServer, TestDatabase, wait_until};
+use test_support::{
+    NatsServer, TestDatabase,
+    http::{AsOperator, OPERATOR_TOKEN},
+    wait_until,
+};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -52,6 +56,7 @@ impl Servers {
             ("DATABASE_URL", db_url.as_str()),
             ("OUTBOX_POLL_INTERVAL", "200ms"),
             ("DLQ_BACKOFF", "200ms"),
+            test_support::http::OPERATOR_TOKENS,
         ];
         env.extend_from_slice(extra_env);
         Config::from_env(&Env::from_pairs(env)).unwrap()
@@ -100,18 +105,33 @@ impl TestDlq {
         .await;
     }
 
+    /// `GET path` as the test operator.
     pub async fn get(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
-        let response = self.http.get(format!("{}{path}", self.base_url)).send().await.unwrap();
+        let response = self.http.get(format!("{}{path}", self.base_url)).as_operator().send().await.unwrap();
         let status = response.status();
         (status, response.json().await.unwrap_or_default())
     }
 
+    /// `POST path` as the test operator, with an optional JSON body.
     pub async fn post(
         &self,
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.post_with_token(path, Some(OPERATOR_TOKEN), body).await
+    }
+
+    /// `POST path` with `token` (or no `Authorization` at all), and an optional JSON body.
+    pub async fn post_with_token(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
         let mut request = self.http.post(format!("{}{path}", self.base_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.json(&body);
         }

@@ -1,6 +1,7 @@
 //! dlq-service against a real nats-server and Postgres, in-process.
 #![allow(clippy::unwrap_used)] // A test that cannot go on should panic, loudly.
 
+mod auth;
 mod capture;
 mod faults;
 mod helpers;

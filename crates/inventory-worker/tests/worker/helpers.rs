@@ -37,6 +37,7 @@ pub fn env<'a>(nats_url: &'a str, db_url: &'a str, overrides: &[(&'a str, &'a st
         ("DATABASE_URL", db_url),
         ("OUTBOX_POLL_INTERVAL", "200ms"),
         ("OUTBOX_RETRY_MAX", "500ms"),
+        test_support::http::OPERATOR_TOKENS,
     ];
     env.extend_from_slice(&FAST_RETRIES);
     env.extend_from_slice(overrides);

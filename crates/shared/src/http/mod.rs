@@ -12,10 +12,17 @@
 //! `errors[].pointer` is a JSON Pointer into the request body; a bad header or path parameter is
 //! named by `header` or `parameter` instead. Internal errors never reach the client: they are
 //! logged (with their cause chain) by [`log_server_errors`], and the client sees a generic 500.
+//!
+//! # Layout
+//! - [`auth`]: the operator routes' bearer tokens, and the [`Operator`] a request proves it is.
+//! - `input`: path and query parameters and body limits, refused as problems.
+//! - `server`: the accept loop, with a header-read timeout and a connection cap.
 
+pub mod auth;
 mod input;
 mod server;
 
+pub use auth::{Operator, OperatorAuth};
 pub use input::{PathParam, QueryParams, body_limit, too_large};
 pub use server::{CONNECTIONS_REFUSED, ServerLimits, serve};
 
