@@ -7,7 +7,11 @@ use std::time::Duration;
 use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use test_support::{stack::Stack, wait_until};
+use test_support::{
+    http::{AsOperator, OPERATOR_NAME},
+    stack::Stack,
+    wait_until,
+};
 use uuid::Uuid;
 
 const SETTLE: Duration = Duration::from_secs(60);
@@ -18,8 +22,15 @@ fn dlq_url(stack: &Stack, path: &str) -> String {
 }
 
 async fn dead_letters(stack: &Stack) -> Vec<Value> {
-    let page: Value =
-        reqwest::get(dlq_url(stack, "/dead-letters?limit=200")).await.unwrap().json().await.unwrap();
+    let page: Value = reqwest::Client::new()
+        .get(dlq_url(stack, "/dead-letters?limit=200"))
+        .as_operator()
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     page["items"].as_array().unwrap().clone()
 }
 
@@ -37,7 +48,7 @@ async fn orders_stream_len(stack: &Stack) -> u64 {
 }
 
 async fn post(url: String, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = reqwest::Client::new().post(url);
+    let mut request = reqwest::Client::new().post(url).as_operator();
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -163,10 +174,11 @@ async fn a_replay_inside_the_duplicate_window_is_reserved_once_a_second_replay_i
 
     // Well inside the broker's two-minute duplicate window of the original message.
     let (status, letter) =
-        post(dlq_url(&stack, &format!("/dead-letters/{replay_id}/replay")), Some(json!({"by": "alice"})))
+        post(dlq_url(&stack, &format!("/dead-letters/{replay_id}/replay")), Some(json!({"reason": "fixed"})))
             .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(letter["status"], "replayed");
+    assert_eq!(letter["status_changed_by"], OPERATOR_NAME, "the reviewer is the token's name");
     wait_for_status(&stack, &replayed, "reserved").await;
 
     let (status, _) = post(dlq_url(&stack, &format!("/dead-letters/{replay_id}/replay")), None).await;
@@ -174,7 +186,7 @@ async fn a_replay_inside_the_duplicate_window_is_reserved_once_a_second_replay_i
 
     let (status, letter) = post(
         dlq_url(&stack, &format!("/dead-letters/{discard_id}/discard")),
-        Some(json!({"reason": "customer cancelled", "by": "bob"})),
+        Some(json!({"reason": "customer cancelled"})),
     )
     .await;
     assert_eq!(status, StatusCode::OK);

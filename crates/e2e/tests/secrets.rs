@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use test_support::{ServiceProcess, TestDatabase, free_port, wait_until};
+use test_support::{ServiceProcess, TestDatabase, free_port, http::OPERATOR_TOKENS, wait_until};
 
 const SECRET: &str = "s3cret-do-not-log";
 
@@ -22,6 +22,7 @@ async fn passwords_in_connection_urls_are_never_logged() {
             ("DATABASE_URL", database_url),
             ("NATS_URL", nats_url),
             ("HTTP_ADDR", format!("127.0.0.1:{}", free_port())),
+            (OPERATOR_TOKENS.0, OPERATOR_TOKENS.1.to_owned()),
         ],
     );
     wait_until("the worker reports that NATS is unreachable", Duration::from_secs(30), || async {

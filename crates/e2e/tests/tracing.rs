@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use test_support::{
-    http::order_body,
+    http::{AsOperator, order_body},
     otlp::{CLIENT, CONSUMER, OtlpReceiver, PRODUCER, ReceivedSpan, SERVER, STATUS_ERROR},
     stack::Stack,
     wait_until,
@@ -185,7 +185,10 @@ async fn each_order_is_one_trace_from_the_http_request_to_its_outcome() {
     let announced =
         one(&trace, "the dead-lettered event", |s| s.name == "publish order_events.dead_lettered");
     assert_child(announced, capture);
-    let letters: Value = reqwest::get(format!("{}/dead-letters", stack.dlq.as_ref().unwrap().base_url))
+    let letters: Value = reqwest::Client::new()
+        .get(format!("{}/dead-letters", stack.dlq.as_ref().unwrap().base_url))
+        .as_operator()
+        .send()
         .await
         .unwrap()
         .json()
@@ -200,6 +203,7 @@ async fn each_order_is_one_trace_from_the_http_request_to_its_outcome() {
         .api
         .http()
         .post(format!("{}/dead-letters/{dead_letter}/replay", stack.dlq.as_ref().unwrap().base_url))
+        .as_operator()
         .send()
         .await
         .unwrap();

@@ -148,3 +148,29 @@ async fn tokens_can_be_read_from_a_file_of_name_token_lines() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(row["status_changed_by"], "bob");
 }
+
+/// The command line needs no token (it has the service's database rights already) and records
+/// its reviewer as `cli:<name>`, which no token's name can be.
+#[tokio::test]
+async fn the_command_line_records_its_reviewer_as_cli_and_the_name() {
+    use dlq_service::cli::{Command, run};
+    let dlq = spawn_dlq().await;
+    let (replayed, discarded) = (dlq.seed(order_letter(1)).await, dlq.seed(order_letter(2)).await);
+    // The command line's own configuration: no operator token at all.
+    let cli_config = dlq_service::Config::from_env(&shared::config::Env::from_pairs([(
+        "DATABASE_URL",
+        dlq.database_url.as_str(),
+    )]))
+    .unwrap();
+    assert!(cli_config.operator_auth.ensure_configured().is_err(), "no token configured");
+    run(Command::Replay { id: replayed, by: "alice".into(), reason: None }, &cli_config).await.unwrap();
+    let discard = Command::Discard { id: discarded, reason: "duplicate".into(), by: "bob".into() };
+    run(discard, &cli_config).await.unwrap();
+    let (_, row) = dlq.get(&format!("/dead-letters/{replayed}")).await;
+    assert_eq!(
+        (row["status"].as_str(), row["status_changed_by"].as_str()),
+        (Some("replayed"), Some("cli:alice"))
+    );
+    let (_, row) = dlq.get(&format!("/dead-letters/{discarded}")).await;
+    assert_eq!(row["status_changed_by"], "cli:bob");
+}

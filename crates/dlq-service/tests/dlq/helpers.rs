@@ -15,6 +15,8 @@ use uuid::Uuid;
 
 pub struct TestDlq {
     pub base_url: String,
+    /// The database's URL, as the service (and the command line) is given it.
+    pub database_url: String,
     pub http: reqwest::Client,
     pub pool: PgPool,
     pub nats: NatsServer,
@@ -78,8 +80,9 @@ pub async fn spawn_dlq_on(servers: Servers, extra_env: &[(&str, &str)]) -> TestD
     let base_url = format!("http://{}", app.local_addr());
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let pool = servers.db.pool(dlq_service::SCHEMA).await;
+    let database_url = servers.db.url();
     let Servers { nats, db } = servers;
-    TestDlq { base_url, http: reqwest::Client::new(), pool, nats, shutdown, _db: db }
+    TestDlq { base_url, database_url, http: reqwest::Client::new(), pool, nats, shutdown, _db: db }
 }
 
 impl TestDlq {
