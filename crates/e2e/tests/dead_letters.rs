@@ -8,7 +8,7 @@ use base64::Engine;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use test_support::{
-    http::{AsOperator, OPERATOR_NAME},
+    http::{DeadLetterApi, OPERATOR_NAME},
     stack::Stack,
     wait_until,
 };
@@ -16,22 +16,13 @@ use uuid::Uuid;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-/// The review API of the stack's dlq-service.
-fn dlq_url(stack: &Stack, path: &str) -> String {
-    format!("{}{path}", stack.dlq.as_ref().unwrap().base_url)
+/// The review API of the stack's dlq-service, as the test operator.
+fn review_api(stack: &Stack) -> DeadLetterApi {
+    stack.dlq.as_ref().unwrap().api()
 }
 
 async fn dead_letters(stack: &Stack) -> Vec<Value> {
-    let page: Value = reqwest::Client::new()
-        .get(dlq_url(stack, "/dead-letters?limit=200"))
-        .as_operator()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    page["items"].as_array().unwrap().clone()
+    review_api(stack).list().await
 }
 
 async fn wait_for_status(stack: &Stack, id: &str, status: &str) -> Value {
@@ -45,16 +36,6 @@ async fn wait_for_status(stack: &Stack, id: &str, status: &str) -> Value {
 async fn orders_stream_len(stack: &Stack) -> u64 {
     let js = stack.nats.jetstream().await;
     js.get_stream("orders_stream").await.unwrap().get_info().await.unwrap().state.messages
-}
-
-async fn post(url: String, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = reqwest::Client::new().post(url).as_operator();
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    (status, response.json().await.unwrap_or_default())
 }
 
 #[tokio::test]
@@ -174,21 +155,18 @@ async fn a_replay_inside_the_duplicate_window_is_reserved_once_a_second_replay_i
 
     // Well inside the broker's two-minute duplicate window of the original message.
     let (status, letter) =
-        post(dlq_url(&stack, &format!("/dead-letters/{replay_id}/replay")), Some(json!({"reason": "fixed"})))
-            .await;
+        review_api(&stack).review(&replay_id, "replay", Some(json!({"reason": "fixed"}))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(letter["status"], "replayed");
     assert_eq!(letter["status_changed_by"], OPERATOR_NAME, "the reviewer is the token's name");
     wait_for_status(&stack, &replayed, "reserved").await;
 
-    let (status, _) = post(dlq_url(&stack, &format!("/dead-letters/{replay_id}/replay")), None).await;
+    let (status, _) = review_api(&stack).review(&replay_id, "replay", None).await;
     assert_eq!(status, StatusCode::CONFLICT);
 
-    let (status, letter) = post(
-        dlq_url(&stack, &format!("/dead-letters/{discard_id}/discard")),
-        Some(json!({"reason": "customer cancelled"})),
-    )
-    .await;
+    let (status, letter) = review_api(&stack)
+        .review(&discard_id, "discard", Some(json!({"reason": "customer cancelled"})))
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(letter["status_reason"], "customer cancelled");
     let (_, order) = stack.api.get(&discarded).await;
@@ -273,9 +251,7 @@ async fn an_event_the_projection_gives_up_on_is_a_dead_letter_without_any_adviso
 
     lock.rollback().await.unwrap();
     assert_eq!(stack.api.status_of(&id).await.as_deref(), Some("pending"), "given up on, not applied");
-    let (status, _) =
-        post(dlq_url(&stack, &format!("/dead-letters/{}/replay", letter["id"].as_str().unwrap())), None)
-            .await;
+    let (status, _) = review_api(&stack).review(letter["id"].as_str().unwrap(), "replay", None).await;
     assert_eq!(status, StatusCode::OK);
     wait_for_status(&stack, &id, "reserved").await;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use test_support::{
-    http::{AsOperator, order_body},
+    http::order_body,
     otlp::{CLIENT, CONSUMER, OtlpReceiver, PRODUCER, ReceivedSpan, SERVER, STATUS_ERROR},
     stack::Stack,
     wait_until,
@@ -185,29 +185,14 @@ async fn each_order_is_one_trace_from_the_http_request_to_its_outcome() {
     let announced =
         one(&trace, "the dead-lettered event", |s| s.name == "publish order_events.dead_lettered");
     assert_child(announced, capture);
-    let letters: Value = reqwest::Client::new()
-        .get(format!("{}/dead-letters", stack.dlq.as_ref().unwrap().base_url))
-        .as_operator()
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(letters["items"][0]["trace_id"], failing_trace.as_str(), "the dead letter keeps its trace");
+    let letters = stack.dlq.as_ref().unwrap().api().list().await;
+    assert_eq!(letters[0]["trace_id"], failing_trace.as_str(), "the dead letter keeps its trace");
 
     // --- A replay: a span of the reviewer's request, linked to the order's trace; the replayed
     // message is processed in the order's own trace again.
-    let dead_letter = letters["items"][0]["id"].as_str().unwrap();
-    let replayed = stack
-        .api
-        .http()
-        .post(format!("{}/dead-letters/{dead_letter}/replay", stack.dlq.as_ref().unwrap().base_url))
-        .as_operator()
-        .send()
-        .await
-        .unwrap();
-    assert!(replayed.status().is_success());
+    let dead_letter = letters[0]["id"].as_str().unwrap();
+    let (status, _) = stack.dlq.as_ref().unwrap().api().review(dead_letter, "replay", None).await;
+    assert!(status.is_success());
     let replay = wait_until("the replay span is exported", SETTLE, || async {
         receiver.spans().into_iter().find(|s| s.name == "replay dead letter")
     })

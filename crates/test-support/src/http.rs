@@ -147,6 +147,41 @@ impl InventoryApi {
     }
 }
 
+/// dlq-service's review API, called as the test operator.
+#[derive(Debug, Clone)]
+pub struct DeadLetterApi {
+    pub base_url: String,
+    http: reqwest::Client,
+}
+
+impl DeadLetterApi {
+    pub fn new(base_url: impl Into<String>) -> Self {
+        Self { base_url: base_url.into(), http: reqwest::Client::new() }
+    }
+
+    /// `GET /dead-letters?limit=200`: the newest 200 dead letters.
+    pub async fn list(&self) -> Vec<Value> {
+        let url = format!("{}/dead-letters?limit=200", self.base_url);
+        let response = self.http.get(url).as_operator().send().await.expect("GET /dead-letters");
+        assert_eq!(response.status(), StatusCode::OK, "GET /dead-letters");
+        let page: Value = response.json().await.expect("JSON");
+        page["items"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// `POST /dead-letters/{id}/{action}` (`replay` or `discard`), with an optional JSON body
+    /// → (status code, body).
+    pub async fn review(&self, id: &str, action: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let url = format!("{}/dead-letters/{id}/{action}", self.base_url);
+        let mut request = self.http.post(url).as_operator();
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("POST /dead-letters/{id}/{action}");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
 /// Sends a raw HTTP/1.1 request to `base_url` (the head, then the whole body, as a simple client
 /// does, and with the path exactly as given: no client normalises `/..` away) and returns the
 /// first bytes of the answer. Panics if no answer comes within 3 s or the connection is reset.

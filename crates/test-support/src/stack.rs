@@ -3,7 +3,7 @@
 
 use crate::{
     NatsServer, ServiceProcess, TestDatabase, free_port,
-    http::{InventoryApi, OrderApi},
+    http::{DeadLetterApi, InventoryApi, OrderApi},
 };
 
 /// Settings that keep end-to-end runs quick: short retry pauses and polls.
@@ -41,6 +41,13 @@ pub struct Stack {
 pub struct Dlq {
     pub process: ServiceProcess,
     pub base_url: String,
+}
+
+impl Dlq {
+    /// Its review API, as the test operator.
+    pub fn api(&self) -> DeadLetterApi {
+        DeadLetterApi::new(self.base_url.clone())
+    }
 }
 
 impl Stack {
