@@ -97,6 +97,21 @@ fn every_variable_compose_sets_for_a_service_is_one_the_service_reads_and_accept
 }
 
 #[test]
+fn compose_gives_the_services_with_operator_routes_a_token_and_never_turns_authentication_off() {
+    let compose = yaml("compose.yaml");
+    for name in ["inventory-worker", "dlq-service"] {
+        let env = Env::from_map(environment(service(&compose, name)));
+        let auth = match name {
+            "inventory-worker" => inventory_worker::Config::from_env(&env).unwrap().operator_auth,
+            _ => dlq_service::Config::from_env(&env).unwrap().operator_auth,
+        };
+        auth.ensure_configured().unwrap_or_else(|e| panic!("{name} would refuse to start: {e}"));
+        assert!(!auth.is_disabled(), "{name}: authentication must stay on");
+        assert_eq!(auth.operators(), ["demo"], "{name}: the demo operator the README's curl lines use");
+    }
+}
+
+#[test]
 fn the_load_generator_is_configured_only_with_variables_its_command_line_reads() {
     use clap::{CommandFactory, Parser};
     let compose = yaml("compose.yaml");
