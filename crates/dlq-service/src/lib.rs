@@ -11,7 +11,7 @@
 //! - [`capture`]: advisories, poison copies and last errors → `dead_letters` rows.
 //! - [`sweep`]: dead letters whose advisory was lost; pruning of last-error notes.
 //! - [`store`]: the table: record, list, replay, discard.
-//! - [`routes`]: the HTTP review API.
+//! - [`routes`]: the HTTP review API, for operators with a token.
 //! - [`cli`]: the same review actions from the command line.
 //! - [`Application`]: wiring: build, then run until stopped.
 

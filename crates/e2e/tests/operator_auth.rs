@@ -37,7 +37,7 @@ async fn operators_need_their_token_customers_do_not_and_no_token_is_ever_logged
         let wrong = request().bearer_auth(GUESS).send().await.unwrap();
         assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED, "{method} {url}");
         assert!(wrong.headers()["www-authenticate"].to_str().unwrap().contains(r#"error="invalid_token""#));
-        let allowed = request().as_operator().send().await.unwrap();
+        let allowed = request().with_operator_token().send().await.unwrap();
         assert_eq!(allowed.status(), StatusCode::OK, "{method} {url}");
     }
     let stock = http.get(format!("{worker}/inventory/WIDGET-1")).send().await.unwrap();

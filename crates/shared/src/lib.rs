@@ -9,7 +9,8 @@
 //! - [`retention`]: pruning sent outbox rows and old processed message IDs.
 //! - [`consumer`]: the idempotent consumer (at-least-once delivery, exactly-once effects).
 //! - [`puller`]: pulling from a durable consumer only when ready, healing, stopping cleanly.
-//! - [`http`]: RFC 9457 problem details and a JSON extractor that answers with them.
+//! - [`http`]: RFC 9457 problem details, a JSON extractor that answers with them, and the
+//!   operator routes' bearer tokens ([`http::auth`]).
 //! - [`telemetry`], [`propagation`]: logs and OpenTelemetry traces; trace context in NATS headers.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`; consumer lag from JetStream.
 //! - [`nats`], [`shutdown`]: connecting, stopping gracefully.

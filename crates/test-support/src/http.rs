@@ -20,13 +20,13 @@ pub const OPERATOR_TOKENS: (&str, &str) = ("OPERATOR_TOKENS", concat!("test:", o
 /// The name the services record for a request that sends [`OPERATOR_TOKEN`].
 pub const OPERATOR_NAME: &str = "test";
 
-/// `request.as_operator()`: the request carries `Authorization: Bearer` [`OPERATOR_TOKEN`].
+/// `request.with_operator_token()`: the request carries `Authorization: Bearer` [`OPERATOR_TOKEN`].
 pub trait AsOperator {
-    fn as_operator(self) -> Self;
+    fn with_operator_token(self) -> Self;
 }
 
 impl AsOperator for RequestBuilder {
-    fn as_operator(self) -> Self {
+    fn with_operator_token(self) -> Self {
         self.bearer_auth(OPERATOR_TOKEN)
     }
 }
@@ -138,7 +138,7 @@ impl InventoryApi {
         let response = self
             .http
             .put(format!("{}/inventory/{sku}", self.base_url))
-            .as_operator()
+            .with_operator_token()
             .json(&json!({ "available": available }))
             .send()
             .await
@@ -162,7 +162,7 @@ impl DeadLetterApi {
     /// `GET /dead-letters?limit=200`: the newest 200 dead letters.
     pub async fn list(&self) -> Vec<Value> {
         let url = format!("{}/dead-letters?limit=200", self.base_url);
-        let response = self.http.get(url).as_operator().send().await.expect("GET /dead-letters");
+        let response = self.http.get(url).with_operator_token().send().await.expect("GET /dead-letters");
         assert_eq!(response.status(), StatusCode::OK, "GET /dead-letters");
         let page: Value = response.json().await.expect("JSON");
         page["items"].as_array().cloned().unwrap_or_default()
@@ -172,7 +172,7 @@ impl DeadLetterApi {
     /// → (status code, body).
     pub async fn review(&self, id: &str, action: &str, body: Option<Value>) -> (StatusCode, Value) {
         let url = format!("{}/dead-letters/{id}/{action}", self.base_url);
-        let mut request = self.http.post(url).as_operator();
+        let mut request = self.http.post(url).with_operator_token();
         if let Some(body) = body {
             request = request.json(&body);
         }

@@ -110,7 +110,8 @@ impl TestDlq {
 
     /// `GET path` as the test operator.
     pub async fn get(&self, path: &str) -> (reqwest::StatusCode, serde_json::Value) {
-        let response = self.http.get(format!("{}{path}", self.base_url)).as_operator().send().await.unwrap();
+        let response =
+            self.http.get(format!("{}{path}", self.base_url)).with_operator_token().send().await.unwrap();
         let status = response.status();
         (status, response.json().await.unwrap_or_default())
     }

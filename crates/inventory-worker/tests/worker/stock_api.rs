@@ -39,13 +39,14 @@ async fn bad_stock_requests_are_problems() {
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(missing.headers()["content-type"], "application/problem+json");
 
-    let negative = http.put(url("A")).as_operator().json(&json!({"available": -1})).send().await.unwrap();
+    let negative =
+        http.put(url("A")).with_operator_token().json(&json!({"available": -1})).send().await.unwrap();
     assert_eq!(negative.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let problem: Value = negative.json().await.unwrap();
     assert_eq!(problem["errors"][0]["pointer"], "#/available");
 
     let bad_sku =
-        http.put(url("bad%20sku")).as_operator().json(&json!({"available": 1})).send().await.unwrap();
+        http.put(url("bad%20sku")).with_operator_token().json(&json!({"available": 1})).send().await.unwrap();
     assert_eq!(bad_sku.status(), StatusCode::BAD_REQUEST);
     let problem: Value = bad_sku.json().await.unwrap();
     assert_eq!(problem["errors"][0]["parameter"], "sku");
@@ -72,7 +73,7 @@ async fn setting_stock_has_the_same_rules_and_limits_as_placing_an_order() {
     let padded = format!("{{\"available\": 1{}}}", " ".repeat(1024 * 1024));
     let response = http
         .put(url("WIDGET-1"))
-        .as_operator()
+        .with_operator_token()
         .header("content-type", "application/json")
         .body(padded)
         .send()
@@ -108,7 +109,7 @@ async fn setting_stock_needs_an_operator_token_and_reading_it_does_not() {
     assert_eq!(bad.unwrap().status(), StatusCode::UNAUTHORIZED);
     assert_eq!(worker.inventory.get("WIDGET-1").await.available, 1000, "nothing was set");
 
-    let allowed = http.put(&url).as_operator().json(&body).send().await.unwrap();
+    let allowed = http.put(&url).with_operator_token().json(&body).send().await.unwrap();
     assert_eq!(allowed.status(), StatusCode::OK);
     let open = http.get(&url).send().await.unwrap();
     assert_eq!(open.status(), StatusCode::OK, "reading stock stays open");
