@@ -50,7 +50,7 @@ pub async fn connect(
         };
         match options.connect(config.url.as_str()).await {
             Ok(client) => {
-                tracing::info!(%url, login = %config.auth.describe(), "connected to NATS");
+                tracing::info!(%url, login = %config.auth.describe(), "logged in to NATS");
                 let js = jetstream::new(client.clone());
                 return Some((client, js));
             }

@@ -1,4 +1,7 @@
-//! A nats-server of the pinned version, one per test.
+//! A nats-server of the pinned version, one per test, configured by the repository's own
+//! `deploy/nats/nats-server.conf`: the users and permissions the tests run under are the ones
+//! compose and run-local deploy, so a test that passes proves that file grants enough, and the
+//! least-privilege tests prove it grants no more.
 
 use std::{
     path::PathBuf,
@@ -12,6 +15,62 @@ use crate::{free_port, log_dir, wait_until, workspace_root};
 
 /// Keep in step with `scripts/ensure-tools`.
 pub const NATS_SERVER_VERSION: &str = "2.15.1";
+
+/// The users of `deploy/nats/nats-server.conf`: one per service, and `admin` for test setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsUser {
+    Admin,
+    OrderApi,
+    InventoryWorker,
+    DlqService,
+}
+
+impl NatsUser {
+    pub const SERVICES: [NatsUser; 3] = [NatsUser::OrderApi, NatsUser::InventoryWorker, NatsUser::DlqService];
+
+    /// The user name in the server's configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatsUser::Admin => "admin",
+            NatsUser::OrderApi => "order_api",
+            NatsUser::InventoryWorker => "inventory_worker",
+            NatsUser::DlqService => "dlq_service",
+        }
+    }
+
+    /// The user of the service whose binary is `binary`.
+    pub fn of_service(binary: &str) -> Self {
+        match binary {
+            "order-api" => NatsUser::OrderApi,
+            "inventory-worker" => NatsUser::InventoryWorker,
+            "dlq-service" => NatsUser::DlqService,
+            other => panic!("no NATS user for {other}"),
+        }
+    }
+
+    /// The environment variable the configuration reads this user's password from.
+    pub fn password_variable(self) -> &'static str {
+        match self {
+            NatsUser::Admin => "NATS_ADMIN_PASSWORD",
+            NatsUser::OrderApi => "ORDER_API_NATS_PASSWORD",
+            NatsUser::InventoryWorker => "INVENTORY_WORKER_NATS_PASSWORD",
+            NatsUser::DlqService => "DLQ_SERVICE_NATS_PASSWORD",
+        }
+    }
+
+    /// The password test servers give this user.
+    pub fn password(self) -> String {
+        format!("{}-test-password", self.name())
+    }
+
+    const ALL: [NatsUser; 4] =
+        [NatsUser::Admin, NatsUser::OrderApi, NatsUser::InventoryWorker, NatsUser::DlqService];
+}
+
+/// The repository's nats-server configuration.
+pub fn config_file() -> PathBuf {
+    workspace_root().join("deploy/nats/nats-server.conf")
+}
 
 /// A nats-server with JetStream on a free port and a temporary store directory, killed on drop.
 /// It can be stopped and started again on the same port and store, to test outages.
@@ -48,7 +107,19 @@ impl NatsServer {
         path
     }
 
+    /// The URL to log in as `admin`, who may do anything (test setup, in-process services).
     pub fn url(&self) -> String {
+        self.url_as(NatsUser::Admin)
+    }
+
+    /// The URL to log in as `user` (user and password in the URL, as a deployment would give
+    /// them in `NATS_URL`).
+    pub fn url_as(&self, user: NatsUser) -> String {
+        format!("nats://{}:{}@127.0.0.1:{}", user.name(), user.password(), self.port)
+    }
+
+    /// The URL without credentials (the server refuses anonymous clients).
+    pub fn address(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -60,17 +131,22 @@ impl NatsServer {
     pub async fn start_again(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new(Self::binary())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+        let mut command = Command::new(Self::binary());
+        command.arg("-c").arg(config_file());
+        for user in NatsUser::ALL {
+            command.env(user.password_variable(), user.password());
+        }
+        let child = command
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(self.store.path())
             .stdout(Stdio::from(log.try_clone().expect("log file")))
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        let url = self.url();
+        let address = self.address();
         wait_until("nats-server accepts JetStream requests", Duration::from_secs(20), || async {
-            let client = async_nats::connect(&url).await.ok()?;
+            let client = connect_as(&address, NatsUser::Admin).await.ok()?;
             async_nats::jetstream::new(client).query_account().await.ok()
         })
         .await;
@@ -101,9 +177,14 @@ impl NatsServer {
         assert!(status.success(), "kill {signal} nats-server");
     }
 
-    /// A client connected to this server.
+    /// A client connected to this server as `admin`.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to the test nats-server")
+        self.client_as(NatsUser::Admin).await
+    }
+
+    /// A client connected to this server as `user`.
+    pub async fn client_as(&self, user: NatsUser) -> async_nats::Client {
+        connect_as(&self.address(), user).await.expect("connect to the test nats-server")
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
@@ -115,4 +196,10 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+async fn connect_as(address: &str, user: NatsUser) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::with_user_and_password(user.name().to_owned(), user.password())
+        .connect(address)
+        .await
 }
