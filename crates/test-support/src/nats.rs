@@ -80,16 +80,36 @@ pub struct NatsServer {
     port: u16,
     store: TempDir,
     log: PathBuf,
+    /// The configuration file: the repository's, or one a test wrote.
+    config: PathBuf,
 }
 
 impl NatsServer {
-    /// Starts a server and waits until JetStream answers.
+    /// Starts a server with the repository's configuration and waits until JetStream answers.
     pub async fn start() -> Self {
         let store = tempfile::Builder::new().prefix("nats-test-").tempdir().expect("temp dir");
         let port = free_port();
         let log = log_dir().join(format!("nats-{port}.log"));
-        let mut server = Self { child: None, port, store, log };
+        let mut server = Self { child: None, port, store, log, config: config_file() };
         server.start_again().await;
+        server
+    }
+
+    /// Starts a server with a configuration of the test's own (e.g. NKey users, TLS), and waits
+    /// until it listens. `config` may not set the address, port or store directory.
+    pub async fn start_with_config(config: &str) -> Self {
+        let store = tempfile::Builder::new().prefix("nats-test-").tempdir().expect("temp dir");
+        let port = free_port();
+        let log = log_dir().join(format!("nats-{port}.log"));
+        let file = store.path().join("test-server.conf");
+        std::fs::write(&file, config).expect("write the test server's configuration");
+        let mut server = Self { child: None, port, store, log, config: file };
+        server.spawn();
+        let address = format!("127.0.0.1:{port}");
+        wait_until("nats-server listens", Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(&address).await.ok()
+        })
+        .await;
         server
     }
 
@@ -118,7 +138,7 @@ impl NatsServer {
         format!("nats://{}:{}@127.0.0.1:{}", user.name(), user.password(), self.port)
     }
 
-    /// The URL without credentials (the server refuses anonymous clients).
+    /// The URL without credentials (the repository's configuration refuses anonymous clients).
     pub fn address(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -127,12 +147,28 @@ impl NatsServer {
         self.port
     }
 
-    /// (Re)starts the server on its port and store, and waits until JetStream answers.
+    /// The server's temporary directory (removed on drop): a place for a test's key files.
+    pub fn dir(&self) -> &std::path::Path {
+        self.store.path()
+    }
+
+    /// (Re)starts the server on its port and store, and waits until JetStream answers (as
+    /// `admin`: use it with the repository's configuration).
     pub async fn start_again(&mut self) {
+        self.spawn();
+        let address = self.address();
+        wait_until("nats-server accepts JetStream requests", Duration::from_secs(20), || async {
+            let client = connect_as(&address, NatsUser::Admin).await.ok()?;
+            async_nats::jetstream::new(client).query_account().await.ok()
+        })
+        .await;
+    }
+
+    fn spawn(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
         let mut command = Command::new(Self::binary());
-        command.arg("-c").arg(config_file());
+        command.arg("-c").arg(&self.config);
         for user in NatsUser::ALL {
             command.env(user.password_variable(), user.password());
         }
@@ -144,12 +180,6 @@ impl NatsServer {
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        let address = self.address();
-        wait_until("nats-server accepts JetStream requests", Duration::from_secs(20), || async {
-            let client = connect_as(&address, NatsUser::Admin).await.ok()?;
-            async_nats::jetstream::new(client).query_account().await.ok()
-        })
-        .await;
     }
 
     /// Stops the server abruptly (SIGKILL), as a crash or a network cut would.
