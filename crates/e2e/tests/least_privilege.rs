@@ -97,6 +97,7 @@ async fn client_recording_errors(
     let errors = Arc::new(Mutex::new(Vec::new()));
     let seen = errors.clone();
     let client = async_nats::ConnectOptions::with_user_and_password(user.name().to_owned(), user.password())
+        .custom_inbox_prefix(user.inbox_prefix())
         .event_callback(move |event| {
             let seen = seen.clone();
             async move {
@@ -123,7 +124,7 @@ async fn wait_for_violation(errors: &Mutex<Vec<String>>, subject: &str) {
 }
 
 #[tokio::test]
-async fn the_worker_cannot_place_orders_and_order_api_cannot_delete_messages() {
+async fn the_worker_cannot_place_orders_or_read_others_replies_and_order_api_cannot_delete_messages() {
     // Streams and consumers as the services declare them.
     let mut stack = Stack::start(1, &[]).await;
     let admin = stack.nats.jetstream().await;
@@ -135,6 +136,9 @@ async fn the_worker_cannot_place_orders_and_order_api_cannot_delete_messages() {
     let publish = worker.publish("orders.new", "forged order".into()).await.unwrap().await;
     assert!(publish.is_err(), "the worker's publish to orders.new was acknowledged: {publish:?}");
     wait_for_violation(&errors, "orders.new").await;
+    // Nor may it read another service's replies (order-api's pulled events, its acks).
+    let _sub = worker.client().subscribe("_INBOX_order_api.>").await.unwrap();
+    wait_for_violation(&errors, "_INBOX_order_api.>").await;
     let mut stream = admin.get_stream("orders_stream").await.unwrap();
     assert_eq!(stream.info().await.unwrap().state.messages, before, "nothing was stored");
 

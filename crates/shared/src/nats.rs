@@ -23,6 +23,7 @@ pub async fn connect(
     loop {
         let options = ConnectOptions::new()
             .name(service)
+            .custom_inbox_prefix(inbox_prefix(service))
             .connection_timeout(Duration::from_secs(2))
             .event_callback(|event| async move {
                 match event {
@@ -69,6 +70,15 @@ pub async fn connect(
             }
         }
     }
+}
+
+/// The prefix of the reply subjects of `service`'s requests and pulls: `_INBOX_order_api` for
+/// order-api. Replies (JetStream acks, pulled messages) travel on these subjects, so a user
+/// allowed to subscribe to the usual shared `_INBOX.>` could read every other client's; with a
+/// prefix of its own, each service's NATS user is allowed its own replies only
+/// (deploy/nats/nats-server.conf).
+pub fn inbox_prefix(service: &str) -> String {
+    format!("_INBOX_{}", service.replace('-', "_"))
 }
 
 /// Whether NATS answered, and refused to let this client log in (wrong or missing

@@ -26,7 +26,7 @@ async fn a_user_and_password_in_nats_url_log_in_as_that_user() {
     let config = config(&[("NATS_URL", &nats.url_as(NatsUser::OrderApi))]);
     let connected = tokio::time::timeout(
         Duration::from_secs(10),
-        shared::nats::connect(&config, "test", &CancellationToken::new()),
+        shared::nats::connect(&config, "order-api", &CancellationToken::new()),
     )
     .await
     .unwrap();

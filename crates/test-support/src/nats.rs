@@ -58,6 +58,12 @@ impl NatsUser {
         }
     }
 
+    /// The prefix of this user's reply subjects, the only ones it may subscribe to (as
+    /// `shared::nats::inbox_prefix` sets it for the service).
+    pub fn inbox_prefix(self) -> String {
+        format!("_INBOX_{}", self.name())
+    }
+
     /// The password test servers give this user.
     pub fn password(self) -> String {
         format!("{}-test-password", self.name())
