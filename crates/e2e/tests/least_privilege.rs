@@ -178,3 +178,31 @@ async fn no_one_gets_in_without_a_password() {
         .unwrap_err();
     assert!(shared::nats::is_refused_login(&wrong), "{wrong:?}");
 }
+
+/// An upgrade: a database whose schema a service created as the superuser (before roles) is
+/// handed to the service's role by `scripts/provision-db`, and the service then runs as it.
+#[tokio::test]
+async fn tables_made_as_the_superuser_are_handed_to_the_role_on_provisioning() {
+    let db = TestDatabase::new();
+    let config = |url: String| {
+        shared::config::DatabaseConfig::from_env(&shared::config::Env::from_pairs([(
+            "DATABASE_URL",
+            url.as_str(),
+        )]))
+        .unwrap()
+    };
+    inventory_worker::connect_database(&config(db.url())).await.unwrap().close().await;
+    db.provision().await;
+    let as_role =
+        inventory_worker::connect_database(&config(db.url_as(PgRole::InventoryWorker))).await.unwrap();
+    sqlx::query("INSERT INTO inventory (sku, available) VALUES ('HANDED-OVER', 1)")
+        .execute(&as_role)
+        .await
+        .unwrap();
+    let owners: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT tableowner::text FROM pg_tables WHERE schemaname = 'inventory'")
+            .fetch_all(&as_role)
+            .await
+            .unwrap();
+    assert_eq!(owners, ["inventory_worker"]);
+}
