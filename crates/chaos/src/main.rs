@@ -183,7 +183,7 @@ async fn run(settings: &Settings) -> anyhow::Result<Verdicts> {
         "stack ready: order-api {}, {} workers, dlq-service, NATS {}, Postgres {}",
         stack.api.base_url,
         stack.workers.len(),
-        stack.nats.url(),
+        stack.nats.address(),
         db_url
     ));
     for (name, log) in logs(&stack) {
@@ -200,7 +200,7 @@ async fn run(settings: &Settings) -> anyhow::Result<Verdicts> {
     let load = tokio::spawn(load::run(
         orders,
         stack.api.base_url.clone(),
-        stack.nats.url(),
+        stack.nats.client().await,
         settings.rate,
         settings.concurrency,
         counters.clone(),

@@ -47,7 +47,7 @@ static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/dl
 
 /// Connects to Postgres and brings the `dlq` schema up to date.
 pub async fn connect_database(config: &DatabaseConfig) -> Result<PgPool, db::DbError> {
-    db::connect_and_migrate(config, SCHEMA, &MIGRATIONS).await
+    db::connect_and_migrate(config, "dlq-service", SCHEMA, &MIGRATIONS).await
 }
 
 #[derive(Debug, Clone)]

@@ -40,12 +40,20 @@ fn environment(service: &Value) -> HashMap<String, String> {
         .collect()
 }
 
-/// A value as compose sees it with nothing set in the shell: `${NAME:-default}` is `default`.
+/// A value as compose sees it with nothing set in the shell: each `${NAME:-default}` in it is
+/// `default` (e.g. the password in `postgres://order_api:${ORDER_API_DB_PASSWORD:-demo}@…`).
 fn interpolate(value: &str) -> String {
-    match value.strip_prefix("${").and_then(|v| v.strip_suffix('}')) {
-        Some(expr) => expr.split_once(":-").map_or("", |(_, default)| default).to_owned(),
-        None => value.to_owned(),
+    let mut out = String::new();
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        let Some(len) = rest[start..].find('}') else { break };
+        let expr = &rest[start + 2..start + len];
+        out.push_str(&rest[..start]);
+        out.push_str(expr.split_once(":-").map_or("", |(_, default)| default));
+        rest = &rest[start + len + 1..];
     }
+    out.push_str(rest);
+    out
 }
 
 fn port_of(env: &HashMap<String, String>) -> u16 {
@@ -165,7 +173,10 @@ fn ports_and_healthchecks_match_what_each_service_listens_on_and_serves() {
 /// or compose waits forever. Every service has one, except those listed here with the reason.
 #[test]
 fn start_up_waits_only_on_healthchecks_that_exist() {
-    let without_healthcheck = [("loadgen", "a one-shot job: it runs its burst and exits")];
+    let without_healthcheck = [
+        ("loadgen", "a one-shot job: it runs its burst and exits"),
+        ("db-provision", "a one-shot job: the services wait for it to complete successfully"),
+    ];
     let compose = yaml("compose.yaml");
     let services = compose["services"].as_object().unwrap();
     let has_check = |name: &str| {
@@ -321,4 +332,40 @@ fn metric_names_are_read_out_of_promql() {
         metric_names("sum by (reason) (rate(orders_refused_total[1m])) / outbox_pending_messages"),
         ["orders_refused_total", "outbox_pending_messages"]
     );
+}
+
+/// Each service logs in as its own NATS user and Postgres role, whose passwords are the ones the
+/// nats-server and `scripts/provision-db` are given; NATS runs the repository's configuration.
+#[test]
+fn each_service_logs_in_as_its_own_user_and_role_with_the_passwords_the_servers_are_given() {
+    let compose = yaml("compose.yaml");
+    let nats = service(&compose, "nats");
+    let nats_env = environment(nats);
+    let provision_env = environment(service(&compose, "db-provision"));
+    assert!(
+        nats["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v.as_str().unwrap().starts_with("./deploy/nats/nats-server.conf:")),
+        "nats runs the repository's configuration"
+    );
+    for (name, user) in
+        [("order-api", "order_api"), ("inventory-worker", "inventory_worker"), ("dlq-service", "dlq_service")]
+    {
+        let env = environment(service(&compose, name));
+        let prefix = user.to_uppercase();
+        let nats_password = &nats_env[&format!("{prefix}_NATS_PASSWORD")];
+        assert_eq!(env["NATS_URL"], format!("nats://{user}:{nats_password}@nats:4222"), "{name}");
+        let db_password = &provision_env[&format!("{prefix}_DB_PASSWORD")];
+        assert_eq!(
+            env["DATABASE_URL"],
+            format!("postgres://{user}:{db_password}@postgres:5432/orders"),
+            "{name}"
+        );
+        assert_eq!(
+            service(&compose, name)["depends_on"]["db-provision"]["condition"],
+            "service_completed_successfully"
+        );
+    }
 }

@@ -62,7 +62,7 @@ pub struct Application {
 
 /// Connects to Postgres and brings the `inventory` schema up to date.
 pub async fn connect_database(config: &DatabaseConfig) -> Result<PgPool, db::DbError> {
-    db::connect_and_migrate(config, SCHEMA, &MIGRATIONS).await
+    db::connect_and_migrate(config, "inventory-worker", SCHEMA, &MIGRATIONS).await
 }
 
 impl Application {

@@ -72,7 +72,7 @@ impl Application {
     /// Connects to Postgres (creating and migrating the schema) and NATS (declaring streams and
     /// the projection's consumer), and binds the HTTP listener. Use port 0 for a free port.
     pub async fn build(config: Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let pool = db::connect_and_migrate(&config.database, SCHEMA, &MIGRATIONS).await?;
+        let pool = db::connect_and_migrate(&config.database, "order-api", SCHEMA, &MIGRATIONS).await?;
         let (client, jetstream) = shared::nats::connect(&config.nats, "order-api", shutdown)
             .await
             .context("stopped before NATS was reachable")?;

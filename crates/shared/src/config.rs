@@ -295,6 +295,9 @@ impl DatabaseConfig {
 pub struct NatsConfig {
     /// `NATS_URL`.
     pub url: String,
+    /// Credentials (from `NATS_URL`, `NATS_CREDS` or `NATS_NKEY_SEED_FILE`) and TLS
+    /// (`NATS_TLS_*`): see [`crate::nats_auth`].
+    pub auth: crate::nats_auth::NatsAuth,
     pub orders_stream: OrdersStreamSettings,
     pub events_stream: EventsStreamSettings,
     /// `UNPROCESSED_STREAM_MAX_AGE`: how long `orders_unprocessed` keeps advisories and copies
@@ -316,6 +319,7 @@ impl NatsConfig {
             ));
         }
         Ok(Self {
+            auth: crate::nats_auth::NatsAuth::from_env(env, &url)?,
             url,
             orders_stream: OrdersStreamSettings::from_env(env)?,
             events_stream: EventsStreamSettings::from_env(env)?,

@@ -9,6 +9,16 @@
 //! `migrations/shared` (the messaging tables every service has) and the service's own folder.
 //! sqlx serialises concurrent migrators with an advisory lock, so services starting together
 //! are safe.
+//!
+//! # Least privilege
+//! In a deployment each service logs in as a role of its own (`order_api`, `inventory_worker`,
+//! `dlq_service`), which owns its schema and nothing else: `scripts/provision-db` creates the
+//! roles and schemas, and takes away what Postgres grants everyone by default (creating in
+//! `public`, creating schemas). The service then runs its own migrations as that role, so
+//! everything they create belongs to it, and a bug or an injection in one service cannot read
+//! or change another's tables. So a role need not create its schema, nor its database: both are
+//! created here only when missing, which only an administrator's URL (a local demo) needs.
+//! A service given a superuser still works, and says at start-up that it should not be.
 
 use std::{borrow::Cow, time::Duration};
 
@@ -41,20 +51,24 @@ pub enum DbError {
 /// Connects a pool whose connections work in `schema`, creating the database if it is missing,
 /// and brings the schema up to date (shared tables first, then the service's own).
 ///
-/// Every connection of the pool carries bounded waits (see [`DatabaseConfig`]): no statement,
-/// lock wait or idle transaction can hold a worker, a request or a row forever.
+/// Every connection carries `application_name` = `service`, so `pg_stat_activity` and the
+/// server's logs say which service a session belongs to. Every connection of the pool carries
+/// bounded waits (see [`DatabaseConfig`]): no statement, lock wait or idle transaction can hold
+/// a worker, a request or a row forever.
 pub async fn connect_and_migrate(
     config: &DatabaseConfig,
+    service: &str,
     schema: &'static str,
     service_migrations: &Migrator,
 ) -> Result<PgPool, DbError> {
     let options: PgConnectOptions = config.url.parse().map_err(DbError::Connect)?;
+    let options = options.application_name(service);
     create_database_if_missing(&options).await?;
     let in_schema_options = options.options([("search_path", schema)]);
     migrate(&in_schema_options, schema, service_migrations).await?;
 
     let millis = |d: std::time::Duration| d.as_millis().to_string();
-    PgPoolOptions::new()
+    let pool = PgPoolOptions::new()
         .max_connections(config.max_connections)
         .acquire_timeout(config.acquire_timeout)
         .connect_with(in_schema_options.options([
@@ -63,7 +77,24 @@ pub async fn connect_and_migrate(
             ("idle_in_transaction_session_timeout", millis(config.idle_in_transaction_timeout)),
         ]))
         .await
-        .map_err(DbError::Connect)
+        .map_err(DbError::Connect)?;
+    warn_if_superuser(&pool, service).await;
+    Ok(pool)
+}
+
+/// Says so, at warn, when the service is logged in as a superuser: it works, but one bug away
+/// from every other service's data (and the server's).
+async fn warn_if_superuser(pool: &PgPool, service: &str) {
+    let role: Result<(String, bool), _> =
+        sqlx::query_as("SELECT current_user::text, rolsuper FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(pool)
+            .await;
+    if let Ok((role, true)) = role {
+        tracing::warn!(
+            %role,
+            "{service} is connected to Postgres as a superuser: give it a role of its own that owns only its schema (scripts/provision-db creates one; README, \"Postgres roles\")"
+        );
+    }
 }
 
 /// Runs both migration sets on a connection of its own, without the pool's timeouts: a
@@ -74,44 +105,58 @@ async fn migrate(
     service: &Migrator,
 ) -> Result<(), DbError> {
     let mut conn = PgConnection::connect_with(options).await.map_err(DbError::Connect)?;
+    // `CREATE SCHEMA IF NOT EXISTS` needs the right to create schemas even when the schema
+    // exists, and a service's role rightly lacks it: only a missing schema is created.
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(DbError::Connect)?;
     for (set, migrator) in [("shared", &SHARED_MIGRATIONS), ("service", service)] {
-        in_schema(migrator, schema, set).run(&mut conn).await.map_err(|source| DbError::Migrate {
-            schema: schema.to_owned(),
-            set,
-            source,
-        })?;
+        in_schema(migrator, schema, set, !exists)
+            .run(&mut conn)
+            .await
+            .map_err(|source| DbError::Migrate { schema: schema.to_owned(), set, source })?;
     }
     conn.close().await.ok();
     Ok(())
 }
 
-/// A copy of `migrator` that creates `schema` and tracks itself in a table inside it.
-fn in_schema(migrator: &Migrator, schema: &'static str, set: &'static str) -> Migrator {
+/// A copy of `migrator` that tracks itself in a table inside `schema`, creating the schema first
+/// if `create` says so.
+fn in_schema(migrator: &Migrator, schema: &'static str, set: &'static str, create: bool) -> Migrator {
     let mut scoped = Migrator::with_migrations(migrator.iter().cloned().collect());
-    scoped.create_schema(schema);
+    if create {
+        scoped.create_schema(schema);
+    }
     scoped.dangerous_set_table_name(format!("{schema}._sqlx_migrations_{set}"));
     scoped
 }
 
+/// Creates the database if it is missing. Tried by connecting to it first: a service's role may
+/// connect to its own database and nowhere else, and has no right to create one (nor needs it:
+/// `scripts/provision-db` creates it).
 async fn create_database_if_missing(options: &PgConnectOptions) -> Result<(), DbError> {
     let Some(name) = options.get_database().map(str::to_owned) else {
         return Ok(()); // No database named: the server's default for the user.
     };
+    match PgConnection::connect_with(options).await {
+        Ok(conn) => {
+            conn.close().await.ok();
+            return Ok(());
+        }
+        // 3D000: the database does not exist. Anything else is reported by the caller's connect.
+        Err(err) if has_code(&err, &["3D000"]) => {}
+        Err(_) => return Ok(()),
+    }
     let mut admin =
         PgConnection::connect_with(&options.clone().database("postgres")).await.map_err(DbError::Connect)?;
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-        .bind(&name)
-        .fetch_one(&mut admin)
-        .await
-        .map_err(DbError::Connect)?;
-    if !exists {
-        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
-            Ok(_) => tracing::info!(database = %name, "created database"),
-            // Another service created it between our check and our CREATE.
-            Err(err) if has_code(&err, &["42P04", "23505"]) => {}
-            Err(err) => return Err(DbError::CreateDatabase(name, err)),
-        }
+    let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await {
+        Ok(_) => tracing::info!(database = %name, "created database"),
+        // Another service created it between our check and our CREATE.
+        Err(err) if has_code(&err, &["42P04", "23505"]) => {}
+        Err(err) => return Err(DbError::CreateDatabase(name, err)),
     }
     admin.close().await.ok();
     Ok(())

@@ -14,6 +14,7 @@
 //! - [`telemetry`], [`propagation`]: logs and OpenTelemetry traces; trace context in NATS headers.
 //! - [`metrics`]: Prometheus metrics at `GET /metrics`; consumer lag from JetStream.
 //! - [`nats`], [`shutdown`]: connecting, stopping gracefully.
+//! - [`nats_auth`]: who a service is to NATS (user and password, token, NKey, `.creds`, TLS).
 
 pub mod config;
 pub mod consumer;
@@ -22,6 +23,7 @@ pub mod http;
 pub mod messages;
 pub mod metrics;
 pub mod nats;
+pub mod nats_auth;
 pub mod outbox;
 pub mod propagation;
 pub mod puller;

@@ -27,9 +27,14 @@ fn database_config(db: &TestDatabase) -> DatabaseConfig {
 
 /// A schema with only the shared tables, as any service has.
 async fn messaging_schema(db: &TestDatabase) -> PgPool {
-    db::connect_and_migrate(&database_config(db), "relay_test", &Migrator::with_migrations(Vec::new()))
-        .await
-        .unwrap()
+    db::connect_and_migrate(
+        &database_config(db),
+        "mechanisms-test",
+        "relay_test",
+        &Migrator::with_migrations(Vec::new()),
+    )
+    .await
+    .unwrap()
 }
 
 fn order_message() -> OutgoingMessage {
@@ -218,8 +223,8 @@ async fn services_starting_together_create_the_database_and_migrate_their_schema
     let empty = Migrator::with_migrations(Vec::new());
 
     // Six starts at once, two per schema, on a database that does not exist yet.
-    let starts =
-        ["a", "b", "c", "a", "b", "c"].map(|schema| db::connect_and_migrate(&config, schema, &empty));
+    let starts = ["a", "b", "c", "a", "b", "c"]
+        .map(|schema| db::connect_and_migrate(&config, "mechanisms-test", schema, &empty));
     let pools = futures::future::join_all(starts).await;
 
     for pool in pools {

@@ -4,9 +4,10 @@
 //! in-process or as the real binaries.
 //!
 //! # Layout
-//! - [`nats`]: [`NatsServer`], a nats-server process per test.
-//! - [`postgres`]: [`TestDatabase`] (a fresh database per test) and [`PostgresServer`] (a private
-//!   server, for tests that stop Postgres).
+//! - [`nats`]: [`NatsServer`], a nats-server process per test, with the repository's users
+//!   ([`NatsUser`]).
+//! - [`postgres`]: [`TestDatabase`] (a fresh database per test, with the services' roles:
+//!   [`PgRole`]) and [`PostgresServer`] (a private server, for tests that stop Postgres).
 //! - [`process`]: [`ServiceProcess`], a service binary started as a child process.
 //! - [`http`]: small clients for the services' HTTP APIs.
 //! - [`metrics`]: scraping and reading `GET /metrics`.
@@ -22,8 +23,8 @@ pub mod postgres;
 pub mod process;
 pub mod stack;
 
-pub use nats::NatsServer;
-pub use postgres::{PostgresServer, TestDatabase};
+pub use nats::{NatsServer, NatsUser};
+pub use postgres::{PgRole, PostgresServer, TestDatabase};
 pub use process::ServiceProcess;
 
 use std::{future::Future, path::PathBuf, time::Duration};

@@ -1,4 +1,7 @@
-//! A nats-server of the pinned version, one per test.
+//! A nats-server of the pinned version, one per test, configured by the repository's own
+//! `deploy/nats/nats-server.conf`: the users and permissions the tests run under are the ones
+//! compose and run-local deploy, so a test that passes proves that file grants enough, and the
+//! least-privilege tests prove it grants no more.
 
 use std::{
     path::PathBuf,
@@ -13,6 +16,68 @@ use crate::{free_port, log_dir, wait_until, workspace_root};
 /// Keep in step with `scripts/ensure-tools`.
 pub const NATS_SERVER_VERSION: &str = "2.15.1";
 
+/// The users of `deploy/nats/nats-server.conf`: one per service, and `admin` for test setup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsUser {
+    Admin,
+    OrderApi,
+    InventoryWorker,
+    DlqService,
+}
+
+impl NatsUser {
+    pub const SERVICES: [NatsUser; 3] = [NatsUser::OrderApi, NatsUser::InventoryWorker, NatsUser::DlqService];
+
+    /// The user name in the server's configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            NatsUser::Admin => "admin",
+            NatsUser::OrderApi => "order_api",
+            NatsUser::InventoryWorker => "inventory_worker",
+            NatsUser::DlqService => "dlq_service",
+        }
+    }
+
+    /// The user of the service whose binary is `binary`.
+    pub fn of_service(binary: &str) -> Self {
+        match binary {
+            "order-api" => NatsUser::OrderApi,
+            "inventory-worker" => NatsUser::InventoryWorker,
+            "dlq-service" => NatsUser::DlqService,
+            other => panic!("no NATS user for {other}"),
+        }
+    }
+
+    /// The environment variable the configuration reads this user's password from.
+    pub fn password_variable(self) -> &'static str {
+        match self {
+            NatsUser::Admin => "NATS_ADMIN_PASSWORD",
+            NatsUser::OrderApi => "ORDER_API_NATS_PASSWORD",
+            NatsUser::InventoryWorker => "INVENTORY_WORKER_NATS_PASSWORD",
+            NatsUser::DlqService => "DLQ_SERVICE_NATS_PASSWORD",
+        }
+    }
+
+    /// The prefix of this user's reply subjects, the only ones it may subscribe to (as
+    /// `shared::nats::inbox_prefix` sets it for the service).
+    pub fn inbox_prefix(self) -> String {
+        format!("_INBOX_{}", self.name())
+    }
+
+    /// The password test servers give this user.
+    pub fn password(self) -> String {
+        format!("{}-test-password", self.name())
+    }
+
+    const ALL: [NatsUser; 4] =
+        [NatsUser::Admin, NatsUser::OrderApi, NatsUser::InventoryWorker, NatsUser::DlqService];
+}
+
+/// The repository's nats-server configuration.
+pub fn config_file() -> PathBuf {
+    workspace_root().join("deploy/nats/nats-server.conf")
+}
+
 /// A nats-server with JetStream on a free port and a temporary store directory, killed on drop.
 /// It can be stopped and started again on the same port and store, to test outages.
 #[derive(Debug)]
@@ -21,16 +86,36 @@ pub struct NatsServer {
     port: u16,
     store: TempDir,
     log: PathBuf,
+    /// The configuration file: the repository's, or one a test wrote.
+    config: PathBuf,
 }
 
 impl NatsServer {
-    /// Starts a server and waits until JetStream answers.
+    /// Starts a server with the repository's configuration and waits until JetStream answers.
     pub async fn start() -> Self {
         let store = tempfile::Builder::new().prefix("nats-test-").tempdir().expect("temp dir");
         let port = free_port();
         let log = log_dir().join(format!("nats-{port}.log"));
-        let mut server = Self { child: None, port, store, log };
+        let mut server = Self { child: None, port, store, log, config: config_file() };
         server.start_again().await;
+        server
+    }
+
+    /// Starts a server with a configuration of the test's own (e.g. NKey users, TLS), and waits
+    /// until it listens. `config` may not set the address, port or store directory.
+    pub async fn start_with_config(config: &str) -> Self {
+        let store = tempfile::Builder::new().prefix("nats-test-").tempdir().expect("temp dir");
+        let port = free_port();
+        let log = log_dir().join(format!("nats-{port}.log"));
+        let file = store.path().join("test-server.conf");
+        std::fs::write(&file, config).expect("write the test server's configuration");
+        let mut server = Self { child: None, port, store, log, config: file };
+        server.spawn();
+        let address = format!("127.0.0.1:{port}");
+        wait_until("nats-server listens", Duration::from_secs(20), || async {
+            tokio::net::TcpStream::connect(&address).await.ok()
+        })
+        .await;
         server
     }
 
@@ -48,7 +133,19 @@ impl NatsServer {
         path
     }
 
+    /// The URL to log in as `admin`, who may do anything (test setup, in-process services).
     pub fn url(&self) -> String {
+        self.url_as(NatsUser::Admin)
+    }
+
+    /// The URL to log in as `user` (user and password in the URL, as a deployment would give
+    /// them in `NATS_URL`).
+    pub fn url_as(&self, user: NatsUser) -> String {
+        format!("nats://{}:{}@127.0.0.1:{}", user.name(), user.password(), self.port)
+    }
+
+    /// The URL without credentials (the repository's configuration refuses anonymous clients).
+    pub fn address(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
@@ -56,24 +153,39 @@ impl NatsServer {
         self.port
     }
 
-    /// (Re)starts the server on its port and store, and waits until JetStream answers.
+    /// The server's temporary directory (removed on drop): a place for a test's key files.
+    pub fn dir(&self) -> &std::path::Path {
+        self.store.path()
+    }
+
+    /// (Re)starts the server on its port and store, and waits until JetStream answers (as
+    /// `admin`: use it with the repository's configuration).
     pub async fn start_again(&mut self) {
+        self.spawn();
+        let address = self.address();
+        wait_until("nats-server accepts JetStream requests", Duration::from_secs(20), || async {
+            let client = connect_as(&address, NatsUser::Admin).await.ok()?;
+            async_nats::jetstream::new(client).query_account().await.ok()
+        })
+        .await;
+    }
+
+    fn spawn(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let child = Command::new(Self::binary())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+        let mut command = Command::new(Self::binary());
+        command.arg("-c").arg(&self.config);
+        for user in NatsUser::ALL {
+            command.env(user.password_variable(), user.password());
+        }
+        let child = command
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
             .arg(self.store.path())
             .stdout(Stdio::from(log.try_clone().expect("log file")))
             .stderr(Stdio::from(log))
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        let url = self.url();
-        wait_until("nats-server accepts JetStream requests", Duration::from_secs(20), || async {
-            let client = async_nats::connect(&url).await.ok()?;
-            async_nats::jetstream::new(client).query_account().await.ok()
-        })
-        .await;
     }
 
     /// Stops the server abruptly (SIGKILL), as a crash or a network cut would.
@@ -101,9 +213,14 @@ impl NatsServer {
         assert!(status.success(), "kill {signal} nats-server");
     }
 
-    /// A client connected to this server.
+    /// A client connected to this server as `admin`.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("connect to the test nats-server")
+        self.client_as(NatsUser::Admin).await
+    }
+
+    /// A client connected to this server as `user`.
+    pub async fn client_as(&self, user: NatsUser) -> async_nats::Client {
+        connect_as(&self.address(), user).await.expect("connect to the test nats-server")
     }
 
     pub async fn jetstream(&self) -> async_nats::jetstream::Context {
@@ -115,4 +232,10 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+async fn connect_as(address: &str, user: NatsUser) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::with_user_and_password(user.name().to_owned(), user.password())
+        .connect(address)
+        .await
 }

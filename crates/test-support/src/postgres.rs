@@ -9,7 +9,46 @@ use std::{
 
 use sqlx::{Connection, PgConnection, PgPool, postgres::PgConnectOptions};
 
-use crate::{free_port, wait_until};
+use crate::{free_port, wait_until, workspace_root};
+
+/// The services' Postgres roles, as `scripts/provision-db` creates them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PgRole {
+    OrderApi,
+    InventoryWorker,
+    DlqService,
+}
+
+impl PgRole {
+    pub const ALL: [PgRole; 3] = [PgRole::OrderApi, PgRole::InventoryWorker, PgRole::DlqService];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PgRole::OrderApi => "order_api",
+            PgRole::InventoryWorker => "inventory_worker",
+            PgRole::DlqService => "dlq_service",
+        }
+    }
+
+    /// The schema this role owns.
+    pub fn schema(self) -> &'static str {
+        match self {
+            PgRole::OrderApi => "order_api",
+            PgRole::InventoryWorker => "inventory",
+            PgRole::DlqService => "dlq",
+        }
+    }
+
+    /// The role of the service whose binary is `binary`.
+    pub fn of_service(binary: &str) -> Self {
+        match binary {
+            "order-api" => PgRole::OrderApi,
+            "inventory-worker" => PgRole::InventoryWorker,
+            "dlq-service" => PgRole::DlqService,
+            other => panic!("no Postgres role for {other}"),
+        }
+    }
+}
 
 /// The server tests create their databases on: `TEST_DATABASE_URL` (scripts/test points it at
 /// a throwaway server it starts), else the local default.
@@ -38,13 +77,47 @@ impl TestDatabase {
         Self { name: format!("test_{}", uuid::Uuid::new_v4().simple()), server_url: server_url.to_owned() }
     }
 
-    /// The `DATABASE_URL` to give services.
+    /// The administrator's URL of this database (a superuser on the test server): for test
+    /// setup, and for services run in-process by their own crate's tests.
     pub fn url(&self) -> String {
+        let options: PgConnectOptions = self.server_url.parse().expect("TEST_DATABASE_URL");
+        self.url_for(options.get_username())
+    }
+
+    /// The `DATABASE_URL` of a service logging in as its own role (after
+    /// [`provision`](Self::provision); the test server trusts local connections, so there is no
+    /// password).
+    pub fn url_as(&self, role: PgRole) -> String {
+        self.url_for(role.name())
+    }
+
+    fn url_for(&self, user: &str) -> String {
         let options: PgConnectOptions = self.server_url.parse().expect("TEST_DATABASE_URL");
         let port = options.get_port();
         let host = options.get_host().to_owned();
-        let user = options.get_username().to_owned();
         format!("postgres://{user}@{host}:{port}/{}", self.name)
+    }
+
+    /// Creates the database if missing and gives each service its role and schema, by running
+    /// the repository's `scripts/provision-db` (so the tests prove the script itself). Safe to
+    /// run from parallel tests: the script tolerates roles created concurrently.
+    pub async fn provision(&self) {
+        let script = workspace_root().join("scripts/provision-db");
+        let output = tokio::process::Command::new("bash")
+            .arg(&script)
+            .arg(self.url())
+            .env("PG_BIN_DIR", pg_bin_dir())
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(60), output)
+            .await
+            .expect("scripts/provision-db finished within 60 s")
+            .expect("run scripts/provision-db");
+        assert!(
+            output.status.success(),
+            "scripts/provision-db failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// A pool on this database whose connections work in `schema` (as the owning service's do).

@@ -1,8 +1,13 @@
 //! The whole system as real processes: order-api and inventory-workers, started together
 //! against a nats-server and a database of the test's own.
+//!
+//! Each service runs as it would be deployed: logged in to Postgres as its own role
+//! (`scripts/provision-db` runs first) and to NATS as its own user (the repository's
+//! `deploy/nats/nats-server.conf`). So every end-to-end test also proves that those rights are
+//! enough. The test itself reaches both as the administrator.
 
 use crate::{
-    NatsServer, ServiceProcess, TestDatabase, free_port,
+    NatsServer, NatsUser, PgRole, ServiceProcess, TestDatabase, free_port,
     http::{DeadLetterApi, InventoryApi, OrderApi},
 };
 
@@ -71,18 +76,20 @@ impl Stack {
     async fn start_services(db: TestDatabase, workers: usize, dlq: bool, extra_env: &[(&str, &str)]) -> Self {
         crate::init_logging();
         let nats = NatsServer::start().await;
+        db.provision().await;
         let (tokens, operator_tokens) = crate::http::OPERATOR_TOKENS;
-        let mut env: Vec<(String, String)> = vec![
-            ("NATS_URL".into(), nats.url()),
-            ("DATABASE_URL".into(), db.url()),
-            // The operator routes accept `http::OPERATOR_TOKEN` (a test may unset it in `extra_env`).
-            (tokens.into(), operator_tokens.into()),
-        ];
+        // The operator routes accept `http::OPERATOR_TOKEN` (a test may unset it in `extra_env`).
+        let mut env: Vec<(String, String)> = vec![(tokens.into(), operator_tokens.into())];
         env.extend(QUICK_SETTINGS.iter().chain(extra_env).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
 
         let api_port = free_port();
-        let order_api =
-            spawn("order-api", "order-api", &env, &[("HTTP_ADDR", format!("127.0.0.1:{api_port}"))]);
+        let order_api = spawn(
+            "order-api",
+            "order-api",
+            (&nats, &db),
+            &env,
+            &[("HTTP_ADDR", format!("127.0.0.1:{api_port}"))],
+        );
         let mut stack = Self {
             nats,
             db,
@@ -109,10 +116,19 @@ impl Stack {
     }
 
     fn spawn_dlq_process(&mut self) {
-        let port = free_port();
-        let process =
-            spawn("dlq-service", "dlq-service", &self.env, &[("HTTP_ADDR", format!("127.0.0.1:{port}"))]);
+        let port = free_port().to_string();
+        let process = self.spawn_dlq_on(&port);
         self.dlq = Some(Dlq { process, base_url: format!("http://127.0.0.1:{port}") });
+    }
+
+    fn spawn_dlq_on(&self, port: &str) -> ServiceProcess {
+        spawn(
+            "dlq-service",
+            "dlq-service",
+            (&self.nats, &self.db),
+            &self.env,
+            &[("HTTP_ADDR", format!("127.0.0.1:{port}"))],
+        )
     }
 
     async fn wait_dlq_ready(&mut self) {
@@ -128,8 +144,7 @@ impl Stack {
         let url = dlq.base_url.clone();
         drop(dlq);
         let port = url.rsplit(':').next().expect("port").to_owned();
-        let process =
-            spawn("dlq-service", "dlq-service", &self.env, &[("HTTP_ADDR", format!("127.0.0.1:{port}"))]);
+        let process = self.spawn_dlq_on(&port);
         self.dlq = Some(Dlq { process, base_url: url });
         self.wait_dlq_ready().await;
     }
@@ -139,8 +154,13 @@ impl Stack {
     pub async fn restart_order_api(&mut self) {
         self.order_api.kill().await;
         let port = self.api.base_url.rsplit(':').next().expect("port").to_owned();
-        self.order_api =
-            spawn("order-api", "order-api", &self.env, &[("HTTP_ADDR", format!("127.0.0.1:{port}"))]);
+        self.order_api = spawn(
+            "order-api",
+            "order-api",
+            (&self.nats, &self.db),
+            &self.env,
+            &[("HTTP_ADDR", format!("127.0.0.1:{port}"))],
+        );
         let url = self.api.base_url.clone();
         self.order_api.wait_ready(&url).await;
     }
@@ -166,7 +186,7 @@ impl Stack {
         let port = free_port();
         let mut own = vec![("HTTP_ADDR", format!("127.0.0.1:{port}")), ("INSTANCE_ID", instance.to_owned())];
         own.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        let process = spawn("inventory-worker", instance, &self.env, &own);
+        let process = spawn("inventory-worker", instance, (&self.nats, &self.db), &self.env, &own);
         self.workers.push(Worker {
             instance: instance.to_owned(),
             process,
@@ -208,8 +228,20 @@ impl Stack {
     }
 }
 
-fn spawn(binary: &str, name: &str, common: &[(String, String)], own: &[(&str, String)]) -> ServiceProcess {
-    let mut env: Vec<(&str, String)> = common.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+/// Starts `binary` logged in as its own NATS user and Postgres role, with the stack's settings
+/// and then its own.
+fn spawn(
+    binary: &str,
+    name: &str,
+    (nats, db): (&NatsServer, &TestDatabase),
+    common: &[(String, String)],
+    own: &[(&str, String)],
+) -> ServiceProcess {
+    let mut env: Vec<(&str, String)> = vec![
+        ("NATS_URL", nats.url_as(NatsUser::of_service(binary))),
+        ("DATABASE_URL", db.url_as(PgRole::of_service(binary))),
+    ];
+    env.extend(common.iter().map(|(k, v)| (k.as_str(), v.clone())));
     env.extend(own.iter().map(|(k, v)| (*k, v.clone())));
     ServiceProcess::spawn(binary, name, &env)
 }
