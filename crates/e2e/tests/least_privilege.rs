@@ -79,6 +79,7 @@ async fn a_service_given_a_superuser_still_works_and_says_it_should_not() {
             ("DATABASE_URL", db.url()),
             ("NATS_URL", stack.nats.url_as(NatsUser::InventoryWorker)),
             ("HTTP_ADDR", format!("127.0.0.1:{}", test_support::free_port())),
+            (test_support::http::OPERATOR_TOKENS.0, test_support::http::OPERATOR_TOKENS.1.to_owned()),
         ],
     );
     test_support::wait_until("the worker warns about its superuser", Duration::from_secs(30), || async {
