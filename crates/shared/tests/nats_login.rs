@@ -1,7 +1,7 @@
 //! Logging in to NATS the usual ways (`shared::nats_auth`), against a real nats-server: a user
 //! and password in `NATS_URL`, an NKey seed file, TLS with a custom CA and a client
-//! certificate. A `.creds` file is checked for form only: proving it against a server needs
-//! the server in operator (JWT) mode, which these tests do not set up.
+//! certificate, and a `.creds` file against a server in operator (JWT) mode, whose operator,
+//! account and user JWTs the test issues itself.
 #![allow(clippy::unwrap_used)] // A test that cannot go on should panic, loudly.
 
 use std::{path::Path, process::Command, time::Duration};
@@ -194,4 +194,87 @@ async fn a_creds_file_is_read_and_checked_at_start_up() {
     let err = NatsConfig::from_env(&Env::from_pairs([("NATS_CREDS", broken.to_str().unwrap())])).unwrap_err();
     assert_eq!(err.variable, "NATS_CREDS");
     assert!(!err.to_string().contains(&seed), "{err}");
+}
+
+/// A JWT of the NATS ecosystem (nats-io/jwt v2), as `nsc` issues them: `claims` about `subject`,
+/// signed by `issuer`'s key.
+fn issue_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let claims = serde_json::json!({
+        "jti": uuid::Uuid::new_v4().simple().to_string().to_uppercase(),
+        "iat": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+        "iss": issuer.public_key(),
+        "sub": subject,
+        "name": name,
+        "nats": nats,
+    });
+    let signed = format!("{header}.{}", URL_SAFE_NO_PAD.encode(claims.to_string()));
+    let signature = URL_SAFE_NO_PAD.encode(issuer.sign(signed.as_bytes()).unwrap());
+    format!("{signed}.{signature}")
+}
+
+#[tokio::test]
+async fn a_creds_file_logs_in_to_a_server_in_operator_mode() {
+    // The chain of trust `nsc` would set up: an operator, who signs an account, which signs
+    // the service's user. The server knows the operator and the account; the user's JWT and
+    // seed are in the `.creds` file only.
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = issue_jwt(
+        &operator,
+        &operator.public_key(),
+        "test",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = issue_jwt(
+        &operator,
+        &account.public_key(),
+        "orders",
+        serde_json::json!({
+            "limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                       "wildcards": true, "conn": -1, "leaf": -1},
+            "type": "account", "version": 2,
+        }),
+    );
+    let user_claims =
+        serde_json::json!({"subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2});
+    let user_jwt = issue_jwt(&account, &user.public_key(), "order_api", user_claims);
+    let nats = NatsServer::start_with_config(&format!(
+        "operator: {operator_jwt}\nresolver: MEMORY\nresolver_preload: {{ {}: {account_jwt} }}\n",
+        account.public_key()
+    ))
+    .await;
+
+    let creds = nats.dir().join("order_api.creds");
+    let write_creds = |path: &Path, seed: &str| {
+        std::fs::write(
+            path,
+            format!(
+                "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            ),
+        )
+        .unwrap();
+    };
+    write_creds(&creds, &user.seed().unwrap());
+    let logged_in = config(&[("NATS_URL", &nats.address()), ("NATS_CREDS", creds.to_str().unwrap())]);
+    let client = connect_once(&logged_in).await.unwrap();
+    // Logged in: a round trip through the server works.
+    let mut inbox = client.subscribe("orders.new").await.unwrap();
+    client.publish("orders.new", "x".into()).await.unwrap();
+    let got =
+        tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut inbox)).await.unwrap();
+    assert_eq!(got.unwrap().payload, "x");
+
+    // The same JWT with a seed that is not its user's cannot answer the server's challenge.
+    let forged_creds = nats.dir().join("forged.creds");
+    write_creds(&forged_creds, &nkeys::KeyPair::new_user().seed().unwrap());
+    let forged = config(&[("NATS_URL", &nats.address()), ("NATS_CREDS", forged_creds.to_str().unwrap())]);
+    let err = connect_once(&forged).await.unwrap_err();
+    assert!(shared::nats::is_refused_login(&err), "{err:?}");
+    // And with no credentials at all, nobody gets in.
+    let err = connect_once(&config(&[("NATS_URL", &nats.address())])).await.unwrap_err();
+    assert!(shared::nats::is_refused_login(&err), "{err:?}");
 }
