@@ -272,3 +272,42 @@ async fn without_an_endpoint_nothing_is_exported_nothing_complains_and_logs_carr
         );
     }
 }
+
+/// The `baggage` header of the `orders.new` message of an order placed with `baggage`.
+async fn baggage_carried(stack: &Stack, baggage: &str) -> Option<String> {
+    let response = stack
+        .api
+        .http()
+        .post(format!("{}/orders", stack.api.base_url))
+        .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        .header("baggage", baggage)
+        .json(&order_body("c-1", &[("WIDGET-1", 1)]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let order_id = body["order_id"].as_str().unwrap();
+    let stream = stack.nats.jetstream().await.get_stream("orders_stream").await.unwrap();
+    // No worker runs: the message stays in the stream.
+    let message = wait_until(&format!("order {order_id} is in orders_stream"), SETTLE, || async {
+        let last = stream.direct_get_last_for_subject("orders.new").await.ok()?;
+        String::from_utf8_lossy(&last.payload).contains(order_id).then_some(last)
+    })
+    .await;
+    message.headers.get("baggage").map(|value| value.as_str().to_owned())
+}
+
+#[tokio::test]
+async fn a_clients_baggage_is_carried_only_when_configured_and_then_within_w3c_limits() {
+    let stack = Stack::start(0, &[]).await;
+    assert_eq!(baggage_carried(&stack, "plan=gold").await, None, "client baggage was taken by default");
+
+    let stack = Stack::start(0, &[("ACCEPT_CLIENT_BAGGAGE", "true")]).await;
+    assert_eq!(baggage_carried(&stack, "plan=gold").await.as_deref(), Some("plan=gold"));
+    let huge: Vec<String> = (0..10).map(|n| format!("k{n}={}", "v".repeat(2_000))).collect();
+    assert_eq!(baggage_carried(&stack, &huge.join(",")).await, None, "a header over 8,192 bytes is dropped");
+    let many: Vec<String> = (0..100).map(|n| format!("k{n}=v")).collect();
+    let carried = baggage_carried(&stack, &many.join(",")).await.unwrap();
+    assert_eq!(carried.split(',').count(), 64, "{carried}");
+}

@@ -9,7 +9,10 @@
 //! relay's publish, seconds later and in another task, continues the request's trace rather
 //! than the relay loop's (see [`crate::outbox`]).
 
-use std::sync::LazyLock;
+use std::sync::{
+    LazyLock,
+    atomic::{AtomicBool, Ordering},
+};
 
 use async_nats::HeaderMap;
 use opentelemetry::{
@@ -90,22 +93,43 @@ pub fn extract(headers: Option<&HeaderMap>) -> Context {
     }
 }
 
+/// Whether a client's `baggage` is taken ([`accept_client_baggage`]); off unless configured.
+static CLIENT_BAGGAGE: AtomicBool = AtomicBool::new(false);
+
+/// Takes clients' `baggage` from now on, in this process (`ACCEPT_CLIENT_BAGGAGE=true`, read by
+/// [`crate::telemetry::init`]). For a client that is part of the same system, such as a
+/// front end that tags its requests; a public API should leave it off.
+pub fn accept_client_baggage(accept: bool) {
+    CLIENT_BAGGAGE.store(accept, Ordering::Relaxed);
+}
+
+/// Whether clients' `baggage` is taken in this process.
+pub fn client_baggage_accepted() -> bool {
+    CLIENT_BAGGAGE.load(Ordering::Relaxed)
+}
+
 /// The trace context a client sent with an HTTP request, taken as far as it can be trusted: its
 /// `traceparent` is continued, its `tracestate` bounded to W3C's limits ([`bounded_tracestate`]),
-/// and its `baggage` left out. Whatever is taken here rides along in every message and
-/// dead-letter row of the order, so a client must not be able to put kilobytes of its own there.
-pub fn extract_from_client(headers: &axum::http::HeaderMap) -> Context {
+/// and its `baggage` left out unless `with_baggage` (then bounded to W3C Baggage's limits, which
+/// the OpenTelemetry SDK enforces as it parses: the first 64 members, and nothing of a header
+/// over 8,192 bytes). Whatever is
+/// taken here rides along in every message and dead-letter row of the order, so a client must
+/// not be able to put kilobytes of its own there unasked.
+pub fn extract_from_client(headers: &axum::http::HeaderMap, with_baggage: bool) -> Context {
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
     let carrier = ClientTraceContext {
         traceparent: header("traceparent").filter(|value| is_well_formed_traceparent(value)),
         tracestate: header("tracestate").map(bounded_tracestate),
+        baggage: header("baggage").filter(|_| with_baggage),
     };
-    TraceContextPropagator::new().extract(&carrier)
+    let cx = TraceContextPropagator::new().extract(&carrier);
+    if with_baggage { BaggagePropagator::new().extract_with_context(&cx, &carrier) } else { cx }
 }
 
 struct ClientTraceContext<'a> {
     traceparent: Option<&'a str>,
     tracestate: Option<String>,
+    baggage: Option<&'a str>,
 }
 
 impl Extractor for ClientTraceContext<'_> {
@@ -113,12 +137,13 @@ impl Extractor for ClientTraceContext<'_> {
         match key {
             "traceparent" => self.traceparent,
             "tracestate" => self.tracestate.as_deref(),
+            "baggage" => self.baggage,
             _ => None,
         }
     }
 
     fn keys(&self) -> Vec<&str> {
-        vec!["traceparent", "tracestate"]
+        vec!["traceparent", "tracestate", "baggage"]
     }
 }
 
@@ -165,11 +190,36 @@ mod tests {
         headers.insert("tracestate", huge.parse().unwrap());
         headers.insert("baggage", "user=alice,plan=gold".parse().unwrap());
 
-        let cx = extract_from_client(&headers);
+        let cx = extract_from_client(&headers, false);
 
         assert_eq!(cx.span().span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(cx.span().span_context().trace_state().header(), "vendor=ok");
         assert_eq!(cx.baggage().len(), 0, "client baggage is not taken");
+    }
+
+    #[test]
+    fn a_clients_baggage_is_taken_when_configured_within_the_w3c_limits() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap(),
+        );
+        headers.insert("baggage", "user=alice,plan=gold".parse().unwrap());
+        let cx = extract_from_client(&headers, true);
+        assert_eq!(cx.span().span_context().trace_id().to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(cx.baggage().get("plan").map(|v| v.as_str().to_owned()).as_deref(), Some("gold"));
+
+        // More than W3C's 64 members and 8,192 bytes: the rest is left out.
+        let many: Vec<String> = (0..100).map(|n| format!("k{n}=v")).collect();
+        headers.insert("baggage", many.join(",").parse().unwrap());
+        assert_eq!(extract_from_client(&headers, true).baggage().len(), 64);
+        let long: Vec<String> = (0..10).map(|n| format!("k{n}={}", "v".repeat(2000))).collect();
+        headers.insert("baggage", long.join(",").parse().unwrap());
+        assert_eq!(
+            extract_from_client(&headers, true).baggage().len(),
+            0,
+            "a header over 8,192 bytes is dropped"
+        );
     }
 
     #[test]

@@ -130,7 +130,9 @@ impl Telemetry {
 /// Installs logging and tracing for `service` (its default `service.name`). Call once, first
 /// thing in `main`.
 pub fn init(service: &'static str) -> Result<Telemetry, ConfigError> {
-    let export = export_from_env(&Env::from_process())?;
+    let env = Env::from_process();
+    let export = export_from_env(&env)?;
+    crate::propagation::accept_client_baggage(env.parse("ACCEPT_CLIENT_BAGGAGE", false)?);
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let fmt_layer = if json {

@@ -292,7 +292,10 @@ fn server_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
         url.path = request.uri().path(),
         http.response.status_code = tracing::field::Empty,
     );
-    let parent = crate::propagation::extract_from_client(request.headers());
+    let parent = crate::propagation::extract_from_client(
+        request.headers(),
+        crate::propagation::client_baggage_accepted(),
+    );
     // Before the span is first entered, or the parent would not take.
     span.set_parent(parent).ok();
     span
