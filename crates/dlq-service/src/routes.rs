@@ -76,7 +76,7 @@ async fn list(
     let cursor = query.cursor.map(|c| Uuid::parse_str(&c)).transpose().map_err(|_| {
         Problem::bad_request(FieldError::parameter("cursor", "must be a next_cursor from a previous page"))
     })?;
-    let items = store::list(&app.pool, status, cursor, limit).await.map_err(Problem::database)?;
+    let items = store::list(&app.pool, status, cursor, limit).await?;
     // A full page may have a next one; its cursor is the last ID shown.
     let next_cursor = (items.len() as i64 == limit).then(|| items.last().map(|l| l.id.to_string())).flatten();
     Ok(Json(json!({ "items": items, "next_cursor": next_cursor })))
@@ -89,8 +89,7 @@ async fn show(
 ) -> Result<Json<DeadLetter>, Problem> {
     let id = parse_id(&id)?;
     store::get(&app.pool, id)
-        .await
-        .map_err(Problem::database)?
+        .await?
         .map(Json)
         .ok_or_else(|| Problem::not_found(format!("There is no dead letter {id}.")))
 }

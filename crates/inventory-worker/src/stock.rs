@@ -59,8 +59,7 @@ async fn get_stock(
     sqlx::query_as("SELECT sku, available, reserved, updated_at FROM inventory WHERE sku = $1")
         .bind(&sku)
         .fetch_optional(&app.pool)
-        .await
-        .map_err(Problem::database)?
+        .await?
         .map(Json)
         .ok_or_else(|| Problem::not_found(format!("There is no SKU {sku}.")))
 }
@@ -93,8 +92,7 @@ async fn set_stock(
     .bind(&sku)
     .bind(available)
     .fetch_one(&app.pool)
-    .await
-    .map_err(Problem::database)?;
+    .await?;
     tracing::info!(%sku, available, by = %operator.name, "stock set");
     Ok(Json(stock))
 }

@@ -102,8 +102,7 @@ async fn place_order(
 
     let commit = commit.map(|Extension(commit)| commit).unwrap_or_default();
     let (view, replayed) = match store::place_order(&app.pool, &order, key.as_deref(), || commit.mark())
-        .await
-        .map_err(Problem::database)?
+        .await?
     {
         Placed::Created(view) => {
             app.outbox.wake();
@@ -141,7 +140,7 @@ async fn get_order(
 ) -> Result<Response, Problem> {
     let id = Uuid::parse_str(&id)
         .map_err(|_| Problem::bad_request(FieldError::parameter("id", "must be a UUID")))?;
-    match store::find_order(&app.pool, id).await.map_err(Problem::database)? {
+    match store::find_order(&app.pool, id).await? {
         Some(view) => Ok(Json(view).into_response()),
         None => Err(Problem::not_found(format!("There is no order {id}."))),
     }

@@ -190,6 +190,13 @@ impl Problem {
     }
 }
 
+/// A handler's database error is [`Problem::database`]'s answer, so handlers can use `?`.
+impl From<sqlx::Error> for Problem {
+    fn from(err: sqlx::Error) -> Self {
+        Self::database(err)
+    }
+}
+
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self).unwrap_or_default();
