@@ -25,14 +25,6 @@ async fn dead_letters(stack: &Stack) -> Vec<Value> {
     review_api(stack).list().await
 }
 
-async fn wait_for_status(stack: &Stack, id: &str, status: &str) -> Value {
-    wait_until(&format!("order {id} is {status}"), SETTLE, || async {
-        let (_, body) = stack.api.get(id).await;
-        (body["status"] == status).then_some(body)
-    })
-    .await
-}
-
 async fn orders_stream_len(stack: &Stack) -> u64 {
     let js = stack.nats.jetstream().await;
     js.get_stream("orders_stream").await.unwrap().get_info().await.unwrap().state.messages
@@ -44,7 +36,7 @@ async fn an_order_that_always_fails_ends_as_one_dead_letter_and_shows_dead_lette
 
     let id = stack.api.place_ok("c-1", &[("FAIL-1", 2)], None).await;
 
-    let order = wait_for_status(&stack, &id, "dead_lettered").await;
+    let order = stack.api.wait_for_status(&id, "dead_lettered", SETTLE).await;
     let reason = order["reason"].as_str().unwrap();
     assert!(reason.starts_with("delivery limit reached: 5 attempts failed"), "{reason}");
     assert!(reason.ends_with("last error: injected failure: FAIL-1 fails every delivery"), "{reason}");
@@ -76,7 +68,7 @@ async fn a_poison_payload_ends_as_one_dead_letter_with_its_reason_and_bytes_and_
     js.publish_with_headers("orders.new", headers, garbage.clone().into()).await.unwrap().await.unwrap();
 
     let good = stack.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
-    wait_for_status(&stack, &good, "reserved").await;
+    stack.api.wait_for_status(&good, "reserved", SETTLE).await;
 
     let letters = wait_until("the poison message is recorded", SETTLE, || async {
         let letters = dead_letters(&stack).await;
@@ -126,7 +118,7 @@ async fn dlq_service_killed_while_messages_are_dying_loses_none_of_them() {
 
     stack.restart_dlq().await;
     for id in &ids {
-        wait_for_status(&stack, id, "dead_lettered").await;
+        stack.api.wait_for_status(id, "dead_lettered", SETTLE).await;
     }
     assert_eq!(rows().await, 6, "one row per order: none lost, none twice");
 }
@@ -140,8 +132,8 @@ async fn a_replay_inside_the_duplicate_window_is_reserved_once_a_second_replay_i
     let before = stack.inventory().get("WIDGET-1").await;
     let replayed = stack.api.place_ok("c-1", &[("WIDGET-1", 3)], None).await;
     let discarded = stack.api.place_ok("c-2", &[("WIDGET-1", 4)], None).await;
-    wait_for_status(&stack, &replayed, "dead_lettered").await;
-    wait_for_status(&stack, &discarded, "dead_lettered").await;
+    stack.api.wait_for_status(&replayed, "dead_lettered", SETTLE).await;
+    stack.api.wait_for_status(&discarded, "dead_lettered", SETTLE).await;
 
     // The fix is deployed.
     assert!(stack.workers[0].process.terminate().await.success());
@@ -159,7 +151,7 @@ async fn a_replay_inside_the_duplicate_window_is_reserved_once_a_second_replay_i
     assert_eq!(status, StatusCode::OK);
     assert_eq!(letter["status"], "replayed");
     assert_eq!(letter["status_changed_by"], OPERATOR_NAME, "the reviewer is the token's name");
-    wait_for_status(&stack, &replayed, "reserved").await;
+    stack.api.wait_for_status(&replayed, "reserved", SETTLE).await;
 
     let (status, _) = review_api(&stack).review(&replay_id, "replay", None).await;
     assert_eq!(status, StatusCode::CONFLICT);
@@ -253,5 +245,5 @@ async fn an_event_the_projection_gives_up_on_is_a_dead_letter_without_any_adviso
     assert_eq!(stack.api.status_of(&id).await.as_deref(), Some("pending"), "given up on, not applied");
     let (status, _) = review_api(&stack).review(letter["id"].as_str().unwrap(), "replay", None).await;
     assert_eq!(status, StatusCode::OK);
-    wait_for_status(&stack, &id, "reserved").await;
+    stack.api.wait_for_status(&id, "reserved", SETTLE).await;
 }

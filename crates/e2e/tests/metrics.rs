@@ -14,13 +14,6 @@ use test_support::{
 
 const SETTLE: Duration = Duration::from_secs(60);
 
-async fn wait_for_status(stack: &Stack, id: &str, status: &str) {
-    wait_until(&format!("order {id} is {status}"), SETTLE, || async {
-        (stack.api.status_of(id).await.as_deref() == Some(status)).then_some(())
-    })
-    .await;
-}
-
 /// The workers' lag, as order-api's `/metrics` shows it.
 async fn lag_seen_by_order_api(stack: &Stack) -> Option<f64> {
     let metrics = scrape(&stack.api.base_url).await;
@@ -39,10 +32,10 @@ async fn every_service_serves_prometheus_text_and_the_named_series_move_with_the
     let failing = stack.api.place_ok("c-4", &[("FAIL-1", 1)], None).await;
     let invalid = stack.api.place(&order_body("", &[("WIDGET-1", 0)]), None).await;
     assert_eq!(invalid.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    wait_for_status(&stack, &reserved, "reserved").await;
-    wait_for_status(&stack, &rejected, "rejected").await;
-    wait_for_status(&stack, &flaky, "reserved").await;
-    wait_for_status(&stack, &failing, "dead_lettered").await;
+    stack.api.wait_for_status(&reserved, "reserved", SETTLE).await;
+    stack.api.wait_for_status(&rejected, "rejected", SETTLE).await;
+    stack.api.wait_for_status(&flaky, "reserved", SETTLE).await;
+    stack.api.wait_for_status(&failing, "dead_lettered", SETTLE).await;
 
     // order-api: orders accepted and refused, request latency, the outbox, what it published.
     let api = wait_until("order-api's outbox gauge has caught up", SETTLE, || async {
@@ -120,7 +113,7 @@ async fn consumer_lag_rises_while_the_workers_are_stopped_and_falls_after() {
     })
     .await;
     for id in &ids {
-        wait_for_status(&stack, id, "reserved").await;
+        stack.api.wait_for_status(id, "reserved", SETTLE).await;
     }
 }
 
@@ -156,7 +149,7 @@ async fn with_the_workers_stopped_orders_are_shed_with_503_and_retry_after_and_n
     })
     .await;
     for id in &accepted {
-        wait_for_status(&stack, id, "reserved").await;
+        stack.api.wait_for_status(id, "reserved", SETTLE).await;
     }
 }
 

@@ -47,13 +47,6 @@ async fn place(stack: &Stack, sku: &str, traceparent: Option<&str>) -> (String, 
     (body["order_id"].as_str().unwrap().to_owned(), body["trace_id"].as_str().unwrap().to_owned())
 }
 
-async fn wait_for_status(stack: &Stack, id: &str, status: &str) {
-    wait_until(&format!("order {id} is {status}"), SETTLE, || async {
-        (stack.api.status_of(id).await.as_deref() == Some(status)).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn each_order_is_one_trace_from_the_http_request_to_its_outcome() {
     let receiver = OtlpReceiver::start().await;
@@ -77,9 +70,9 @@ async fn each_order_is_one_trace_from_the_http_request_to_its_outcome() {
     let (failing, failing_trace) = place(&stack, "FAIL-1", None).await;
     assert!(ok_trace != flaky_trace && flaky_trace != failing_trace);
 
-    wait_for_status(&stack, &ok, "reserved").await;
-    wait_for_status(&stack, &flaky, "reserved").await;
-    wait_for_status(&stack, &failing, "dead_lettered").await;
+    stack.api.wait_for_status(&ok, "reserved", SETTLE).await;
+    stack.api.wait_for_status(&flaky, "reserved", SETTLE).await;
+    stack.api.wait_for_status(&failing, "dead_lettered", SETTLE).await;
     let (_, shown) = stack.api.get(&ok).await;
     assert_eq!(shown["trace_id"], caller_trace, "GET /orders/{{id}} shows the order's trace");
 
@@ -255,7 +248,7 @@ async fn spans_still_buffered_are_exported_when_a_service_stops_gracefully() {
 async fn without_an_endpoint_nothing_is_exported_nothing_complains_and_logs_carry_the_trace_id() {
     let mut stack = Stack::start(1, &[]).await;
     let (id, trace_id) = place(&stack, "FLAKY-1", None).await;
-    wait_for_status(&stack, &id, "reserved").await;
+    stack.api.wait_for_status(&id, "reserved", SETTLE).await;
     assert_eq!(trace_id.len(), 32, "trace IDs exist without an exporter");
 
     let worker = &mut stack.workers[0].process;

@@ -79,6 +79,15 @@ impl OrderApi {
         (code == StatusCode::OK).then(|| body["status"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// Waits up to `within` until the order has `status`, and returns its body then.
+    pub async fn wait_for_status(&self, id: &str, status: &str, within: std::time::Duration) -> Value {
+        crate::wait_until(&format!("order {id} is {status}"), within, || async {
+            let (_, body) = self.get(id).await;
+            (body["status"] == status).then_some(body)
+        })
+        .await
+    }
+
     pub fn http(&self) -> &reqwest::Client {
         &self.http
     }

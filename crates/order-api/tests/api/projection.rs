@@ -25,14 +25,6 @@ fn reserved(order_id: Uuid) -> OutgoingMessage {
     )
 }
 
-async fn wait_for_status(app: &TestApp, id: &str, status: &str) -> serde_json::Value {
-    wait_until(&format!("order {id} is {status}"), Duration::from_secs(15), || async {
-        let (_, body) = app.api.get(id).await;
-        (body["status"] == status).then_some(body)
-    })
-    .await
-}
-
 #[tokio::test]
 async fn a_reserved_event_makes_the_order_reserved() {
     let app = spawn_app().await;
@@ -40,7 +32,7 @@ async fn a_reserved_event_makes_the_order_reserved() {
 
     publish(&app, &reserved(id.parse().unwrap())).await;
 
-    let body = wait_for_status(&app, &id, "reserved").await;
+    let body = app.api.wait_for_status(&id, "reserved", Duration::from_secs(15)).await;
     assert!(body.get("reason").is_none());
     assert!(body["updated_at"].as_str() > body["created_at"].as_str());
 }
@@ -58,7 +50,7 @@ async fn a_rejected_event_shows_its_reason() {
 
     publish(&app, &OutgoingMessage::event(&event, "test")).await;
 
-    let body = wait_for_status(&app, &id, "rejected").await;
+    let body = app.api.wait_for_status(&id, "rejected", Duration::from_secs(15)).await;
     assert_eq!(body["reason"], "insufficient stock for SCARCE-1");
 }
 
@@ -68,7 +60,7 @@ async fn an_event_with_an_already_processed_id_changes_nothing() {
     let id = app.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
     let first = reserved(id.parse().unwrap());
     publish(&app, &first).await;
-    wait_for_status(&app, &id, "reserved").await;
+    app.api.wait_for_status(&id, "reserved", Duration::from_secs(15)).await;
 
     // Pretend a later state the same event ID must not overwrite, then deliver the ID again
     // with a fresh broker dedupe key, so the broker stores it and only idempotency can stop it.
@@ -83,7 +75,7 @@ async fn an_event_with_an_already_processed_id_changes_nothing() {
     // A marker event after it: once the marker is applied, the duplicate has been seen.
     let marker_order = app.api.place_ok("c-2", &[("WIDGET-1", 1)], None).await;
     publish(&app, &reserved(marker_order.parse().unwrap())).await;
-    wait_for_status(&app, &marker_order, "reserved").await;
+    app.api.wait_for_status(&marker_order, "reserved", Duration::from_secs(15)).await;
 
     let (_, body) = app.api.get(&id).await;
     assert_eq!(body["status"], "dead_lettered", "the duplicate was ignored");
@@ -106,7 +98,7 @@ async fn a_dead_lettered_order_can_still_become_reserved_but_a_final_status_neve
         .await
         .unwrap();
     publish(&app, &reserved(done.parse().unwrap())).await;
-    wait_for_status(&app, &done, "reserved").await;
+    app.api.wait_for_status(&done, "reserved", Duration::from_secs(15)).await;
 
     let rejection = |order_id: &str| {
         OutgoingMessage::event(
@@ -121,7 +113,7 @@ async fn a_dead_lettered_order_can_still_become_reserved_but_a_final_status_neve
     };
     publish(&app, &reserved(replayed.parse().unwrap())).await;
     publish(&app, &rejection(&done)).await;
-    wait_for_status(&app, &replayed, "reserved").await;
+    app.api.wait_for_status(&replayed, "reserved", Duration::from_secs(15)).await;
 
     let (_, body) = app.api.get(&done).await;
     assert_eq!(body["status"], "reserved", "reserved is final");
@@ -142,7 +134,7 @@ async fn an_unreadable_event_does_not_stop_the_projection() {
 
     let id = app.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
     publish(&app, &reserved(id.parse().unwrap())).await;
-    wait_for_status(&app, &id, "reserved").await;
+    app.api.wait_for_status(&id, "reserved", Duration::from_secs(15)).await;
 }
 
 /// `order_events` is pub/sub: a newer service may publish event types this projection does not
@@ -161,7 +153,7 @@ async fn an_unknown_event_type_is_acknowledged_and_ignored() {
     publish(&app, &newcomer).await;
     publish(&app, &reserved(id.parse().unwrap())).await;
 
-    wait_for_status(&app, &id, "reserved").await;
+    app.api.wait_for_status(&id, "reserved", Duration::from_secs(15)).await;
     let js = app.nats.jetstream().await;
     wait_until("both events are acknowledged", Duration::from_secs(15), || async {
         let stream = js.get_stream("order_events").await.ok()?;
