@@ -33,18 +33,10 @@ impl FailureInjection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
     use shared::messages::OrderItem;
-    use uuid::Uuid;
 
     fn order(skus: &[&str]) -> OrderPlaced {
-        OrderPlaced {
-            version: 1,
-            order_id: Uuid::now_v7(),
-            customer_id: "c".into(),
-            items: skus.iter().map(|s| OrderItem { sku: (*s).into(), quantity: 1 }).collect(),
-            placed_at: Utc::now(),
-        }
+        OrderPlaced::new("c", skus.iter().map(|sku| OrderItem::new(*sku, 1)).collect())
     }
 
     #[test]

@@ -186,16 +186,9 @@ fn check_order(order: &OrderPlaced) -> Result<(), String> {
 mod tests {
     use super::*;
     use shared::messages::OrderItem;
-    use uuid::Uuid;
 
     fn order(items: &[(&str, u32)]) -> OrderPlaced {
-        OrderPlaced {
-            version: 1,
-            order_id: Uuid::now_v7(),
-            customer_id: "c".into(),
-            items: items.iter().map(|(s, q)| OrderItem { sku: (*s).into(), quantity: *q }).collect(),
-            placed_at: Utc::now(),
-        }
+        OrderPlaced::new("c", items.iter().map(|(sku, quantity)| OrderItem::new(*sku, *quantity)).collect())
     }
 
     fn stock(levels: &[(&str, i64)]) -> HashMap<String, i64> {

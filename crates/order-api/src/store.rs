@@ -1,8 +1,7 @@
 //! order-api's SQL. Each function is one unit of work.
 
-use chrono::Utc;
 use shared::{
-    messages::{OrderPlaced, OutgoingMessage, PAYLOAD_VERSION},
+    messages::{OrderPlaced, OutgoingMessage},
     outbox, telemetry,
 };
 use sqlx::{PgPool, types::Json};
@@ -39,15 +38,8 @@ pub async fn place_order(
     idempotency_key: Option<&str>,
     commit_starts: impl FnOnce(),
 ) -> Result<Placed, sqlx::Error> {
-    let id = Uuid::now_v7();
-    let now = Utc::now();
-    let event = OrderPlaced {
-        version: PAYLOAD_VERSION,
-        order_id: id,
-        customer_id: order.customer_id.clone(),
-        items: order.items.clone(),
-        placed_at: now,
-    };
+    let event = OrderPlaced::new(order.customer_id.clone(), order.items.clone());
+    let (id, now) = (event.order_id, event.placed_at);
     // Made here, in the request's span, so the message carries the request's trace context.
     let message = OutgoingMessage::event(&event, SOURCE);
     let trace_id = telemetry::current_trace_id();

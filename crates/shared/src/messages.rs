@@ -93,6 +93,12 @@ pub struct OrderItem {
     pub quantity: u32,
 }
 
+impl OrderItem {
+    pub fn new(sku: impl Into<String>, quantity: u32) -> Self {
+        Self { sku: sku.into(), quantity }
+    }
+}
+
 /// `orders.new`: an order was accepted and needs stock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OrderPlaced {
@@ -101,6 +107,19 @@ pub struct OrderPlaced {
     pub customer_id: String,
     pub items: Vec<OrderItem>,
     pub placed_at: DateTime<Utc>,
+}
+
+impl OrderPlaced {
+    /// An order placed now, under a new time-ordered ID, in the current payload version.
+    pub fn new(customer_id: impl Into<String>, items: Vec<OrderItem>) -> Self {
+        Self {
+            version: PAYLOAD_VERSION,
+            order_id: Uuid::now_v7(),
+            customer_id: customer_id.into(),
+            items,
+            placed_at: Utc::now(),
+        }
+    }
 }
 
 /// `order_events.reserved`: every item of the order is set aside.
@@ -312,13 +331,7 @@ mod tests {
     use super::*;
 
     fn placed() -> OrderPlaced {
-        OrderPlaced {
-            version: PAYLOAD_VERSION,
-            order_id: Uuid::now_v7(),
-            customer_id: "c-42".into(),
-            items: vec![OrderItem { sku: "WIDGET-1".into(), quantity: 2 }],
-            placed_at: Utc::now(),
-        }
+        OrderPlaced::new("c-42", vec![OrderItem::new("WIDGET-1", 2)])
     }
 
     #[test]

@@ -8,7 +8,6 @@ use async_nats::jetstream::{
     consumer::AckPolicy,
     stream::{DiscardPolicy, RetentionPolicy, StorageType},
 };
-use chrono::Utc;
 use futures::StreamExt;
 use shared::{
     config::{ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings},
@@ -19,7 +18,6 @@ use shared::{
 };
 use sqlx::{PgPool, migrate::Migrator};
 use test_support::{NatsServer, TestDatabase};
-use uuid::Uuid;
 
 fn database_config(db: &TestDatabase) -> DatabaseConfig {
     DatabaseConfig::from_env(&Env::from_pairs([("DATABASE_URL", db.url().as_str())])).unwrap()
@@ -38,14 +36,7 @@ async fn messaging_schema(db: &TestDatabase) -> PgPool {
 }
 
 fn order_message() -> OutgoingMessage {
-    let order = OrderPlaced {
-        version: 1,
-        order_id: Uuid::now_v7(),
-        customer_id: "c".into(),
-        items: vec![OrderItem { sku: "A".into(), quantity: 1 }],
-        placed_at: Utc::now(),
-    };
-    OutgoingMessage::event(&order, "test")
+    OutgoingMessage::event(&OrderPlaced::new("c", vec![OrderItem::new("A", 1)]), "test")
 }
 
 async fn stream_len(nats: &NatsServer) -> u64 {

@@ -24,13 +24,7 @@ fn advisory(stream_seq: u64) -> String {
 
 /// Stores an order in `orders_stream`, as order-api would, and returns it and its sequence.
 async fn store_order(dlq: &TestDlq) -> (OutgoingMessage, OrderPlaced, u64) {
-    let order = OrderPlaced {
-        version: 1,
-        order_id: Uuid::now_v7(),
-        customer_id: "c-1".into(),
-        items: vec![OrderItem { sku: "FAIL-1".into(), quantity: 1 }],
-        placed_at: chrono::Utc::now(),
-    };
+    let order = OrderPlaced::new("c-1", vec![OrderItem::new("FAIL-1", 1)]);
     let message = OutgoingMessage::event(&order, "order-api");
     let js = dlq.nats.jetstream().await;
     let ack = js

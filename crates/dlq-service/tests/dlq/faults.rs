@@ -21,13 +21,7 @@ use uuid::Uuid;
 use crate::helpers::*;
 
 fn order(version: u32) -> OrderPlaced {
-    OrderPlaced {
-        version,
-        order_id: Uuid::now_v7(),
-        customer_id: "c-1".into(),
-        items: vec![OrderItem { sku: "FAIL-1".into(), quantity: 1 }],
-        placed_at: chrono::Utc::now(),
-    }
+    OrderPlaced { version, ..OrderPlaced::new("c-1", vec![OrderItem::new("FAIL-1", 1)]) }
 }
 
 /// Publishes a message as a service would (through its outbox), returning its stream sequence.

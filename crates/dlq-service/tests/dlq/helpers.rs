@@ -155,13 +155,8 @@ impl TestDlq {
 
 /// A dead letter for an order placed on `orders.new`.
 pub fn order_letter(sequence: i64) -> store::NewDeadLetter {
-    let order = shared::messages::OrderPlaced {
-        version: 1,
-        order_id: Uuid::now_v7(),
-        customer_id: "c-1".into(),
-        items: vec![shared::messages::OrderItem { sku: "WIDGET-1".into(), quantity: 1 }],
-        placed_at: chrono::Utc::now(),
-    };
+    use shared::messages::{OrderItem, OrderPlaced};
+    let order = OrderPlaced::new("c-1", vec![OrderItem::new("WIDGET-1", 1)]);
     let message = shared::messages::OutgoingMessage::event(&order, "order-api");
     store::NewDeadLetter {
         source_stream: "orders_stream".into(),

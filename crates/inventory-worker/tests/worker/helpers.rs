@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use chrono::Utc;
 use inventory_worker::{Application, Config, reservation::Reservations};
 use shared::{
     config::Env,
@@ -56,16 +55,7 @@ pub async fn spawn_worker(nats: &NatsServer, db: &TestDatabase, overrides: &[(&s
 }
 
 pub fn order(items: &[(&str, u32)]) -> OrderPlaced {
-    OrderPlaced {
-        version: 1,
-        order_id: Uuid::now_v7(),
-        customer_id: "c-test".into(),
-        items: items
-            .iter()
-            .map(|(sku, quantity)| OrderItem { sku: (*sku).into(), quantity: *quantity })
-            .collect(),
-        placed_at: Utc::now(),
-    }
+    OrderPlaced::new("c-test", items.iter().map(|(sku, quantity)| OrderItem::new(*sku, *quantity)).collect())
 }
 
 /// Publishes a message to JetStream as the outbox relay would, and returns its stream sequence.
