@@ -113,8 +113,10 @@ async fn two_relays_sharing_one_outbox_claim_every_row_exactly_once() {
     assert_eq!(stream_len(&nats).await, 1000);
 }
 
+/// The topology as docs/concepts.md ("From the article to this repository") and the README
+/// describe it.
 #[tokio::test]
-async fn the_topology_matches_the_seed_article_and_declaring_it_again_is_harmless() {
+async fn the_declared_topology_is_the_documented_one_and_declaring_it_again_is_harmless() {
     let nats = NatsServer::start().await;
     let js = nats.jetstream().await;
     let nats_config = NatsConfig::from_env(&Env::from_pairs([])).unwrap();
