@@ -163,17 +163,24 @@ async fn a_request_that_times_out_before_commit_is_503_and_stores_nothing() {
 }
 
 /// Sets a default of the test database (as a failover, or an operator, would), and ends every
-/// other session so that the service's next connections get it.
+/// other session so that the service's next connections get it. The setting is committed first
+/// (in one query string with the terminations it would commit only after them, and a session
+/// opened meanwhile would start with the old default), and each session is waited for until it
+/// is gone (`pg_terminate_backend`'s timeout), not only signalled.
 async fn set_database_default(app: &TestApp, setting: &str) {
     let mut conn = app.pool.acquire().await.unwrap();
     // This session may write whatever the database's default.
     sqlx::query("SET default_transaction_read_only = off").execute(&mut *conn).await.unwrap();
-    let sql = format!(
-        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {setting}', current_database()); END $$;
-         SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE datname = current_database() AND pid <> pg_backend_pid();"
-    );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut *conn).await.unwrap();
+    let alter =
+        format!("DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {setting}', current_database()); END $$");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(alter)).execute(&mut *conn).await.unwrap();
+    sqlx::query(
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity
+         WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
 }
 
 /// A database that is up but refuses writes (read-only after a failover: SQLSTATE 25006) is
