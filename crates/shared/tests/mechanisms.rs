@@ -149,6 +149,42 @@ async fn the_declared_topology_is_the_documented_one_and_declaring_it_again_is_h
     assert_eq!(info.config.filter_subject, "orders.new");
 }
 
+/// Queue against pub/sub, as JetStream enforces it: on the work queue `orders_stream` a second
+/// consumer of `orders.new` is refused (each order is processed by one consumer, which workers
+/// share); on `order_events` any number of consumers each read every event.
+#[tokio::test]
+async fn a_work_queue_takes_one_consumer_per_subject_and_a_pub_sub_stream_any_number() {
+    let nats = NatsServer::start().await;
+    let js = nats.jetstream().await;
+    topology::ensure_streams(&js, &NatsConfig::from_env(&Env::from_pairs([])).unwrap()).await.unwrap();
+    let settings = |name: &str| ConsumerSettings::from_env(&Env::from_pairs([]), "WORKER", name).unwrap();
+
+    topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings("inventory-worker"))
+        .await
+        .unwrap();
+    let second =
+        topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings("my-worker")).await;
+    let refused = second.err().expect("a second consumer of orders.new on the work queue was accepted");
+    let cause = std::error::Error::source(&refused).map(ToString::to_string).unwrap_or_default();
+    assert!(cause.contains("not unique on workqueue stream"), "{cause}");
+
+    let mut readers = Vec::new();
+    for name in ["order-api-projection", "my-reader"] {
+        readers.push(
+            topology::ensure_consumer(&js, topology::EVENTS_STREAM, "order_events.>", &settings(name))
+                .await
+                .unwrap(),
+        );
+    }
+    js.publish("order_events.reserved", "event".into()).await.unwrap().await.unwrap();
+    for reader in &readers {
+        let mut messages =
+            reader.fetch().max_messages(1).expires(Duration::from_secs(5)).messages().await.unwrap();
+        let message = messages.next().await.expect("the event").unwrap();
+        assert_eq!(message.payload, "event");
+    }
+}
+
 #[tokio::test]
 async fn a_changed_limit_is_applied_to_the_existing_stream() {
     let nats = NatsServer::start().await;

@@ -70,6 +70,34 @@ async fn the_same_logical_id_stored_twice_by_the_broker_reserves_once() {
     assert_eq!(outcomes, 1, "one outcome event");
 }
 
+/// The case idempotency is for: a copy that comes back after the first was processed and
+/// committed (a redelivery whose ack was lost, a replay, a producer outside the duplicate
+/// window), so in another batch, where only `processed_messages` can recognise it.
+#[tokio::test]
+async fn a_copy_arriving_after_the_first_was_processed_changes_nothing() {
+    let nats = NatsServer::start().await;
+    let db = TestDatabase::new();
+    let worker = spawn_worker(&nats, &db, &[]).await;
+    let js = nats.jetstream().await;
+
+    let first = publish_order(&js, &order(&[("WIDGET-1", 5)])).await;
+    let processed = || async {
+        let stream_len = js.get_stream(ORDERS_STREAM).await.ok()?.get_info().await.ok()?.state.messages;
+        (consumer_state(&js).await.1 == 0 && stream_len == 0).then_some(())
+    };
+    wait_until("the first copy is processed", EVENT_TIMEOUT, processed).await;
+    let mut again = first.clone();
+    again.dedupe_id = Uuid::now_v7().to_string();
+    publish(&js, &again).await;
+    wait_until("the second copy is acknowledged", EVENT_TIMEOUT, processed).await;
+
+    let widgets = worker.inventory.get("WIDGET-1").await;
+    assert_eq!((widgets.available, widgets.reserved), (995, 5), "reserved once");
+    let pool = db.pool(inventory_worker::SCHEMA).await;
+    let outcomes: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(outcomes, 1, "one outcome event");
+}
+
 #[tokio::test]
 async fn a_resend_inside_the_duplicate_window_is_dropped_by_the_broker() {
     let nats = NatsServer::start().await;
