@@ -164,7 +164,7 @@ async fn a_work_queue_takes_one_consumer_per_subject_and_a_pub_sub_stream_any_nu
         .unwrap();
     let second =
         topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings("my-worker")).await;
-    let refused = second.err().expect("a second consumer of orders.new on the work queue was accepted");
+    let refused = second.expect_err("a second consumer of orders.new on the work queue was accepted");
     let cause = std::error::Error::source(&refused).map(ToString::to_string).unwrap_or_default();
     assert!(cause.contains("not unique on workqueue stream"), "{cause}");
 
