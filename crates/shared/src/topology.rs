@@ -167,10 +167,11 @@ pub async fn ensure_streams(js: &jetstream::Context, nats: &NatsConfig) -> Resul
         let config = stream::Config { num_replicas: replicas, ..config };
         let mut attempt: u32 = 1;
         loop {
-            // In a cluster, a request can go unanswered while the meta leader changes, and
-            // when several services declare the same stream at once, only one of them is
-            // answered (seen with nats-server 2.15: the others wait for their timeout). Asking
-            // again is safe, the declaration being idempotent, so the first waits are short.
+            // In a cluster, a request can go unanswered while the meta leader changes; and when
+            // several services declare the same stream at the same moment, none may be
+            // answered (seen with nats-server 2.15.1: each waited out its timeout, though the
+            // stream was created). Asking again is safe, the declaration being idempotent, so
+            // the first waits are short: 2 s, then 4, 8, 16.
             let patience = Duration::from_secs(1 << attempt);
             let declared = tokio::time::timeout(patience, js.create_or_update_stream(config.clone()))
                 .await
