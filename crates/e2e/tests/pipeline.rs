@@ -32,16 +32,7 @@ async fn stock_levels(stack: &Stack) -> HashMap<&'static str, (i64, i64)> {
 
 /// Waits until no order is pending, then reads every order through `GET /orders/{id}`.
 async fn final_orders(stack: &Stack, ids: &[String]) -> Vec<Value> {
-    let pool = stack.pool().await;
-    wait_until("every order reaches a final status", SETTLE, || async {
-        let pending: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM order_api.orders WHERE status = 'pending'")
-                .fetch_one(&pool)
-                .await
-                .ok()?;
-        (pending == 0).then_some(())
-    })
-    .await;
+    stack.wait_until_no_order_pending(SETTLE).await;
     let mut orders = Vec::with_capacity(ids.len());
     for id in ids {
         let (status, body) = stack.api.get(id).await;

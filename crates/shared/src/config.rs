@@ -293,8 +293,15 @@ impl DatabaseConfig {
 /// How to reach NATS and the shape of the streams every service relies on.
 #[derive(Debug, Clone)]
 pub struct NatsConfig {
-    /// `NATS_URL`.
+    /// `NATS_URL`: one server, or several separated by commas (the nodes of a cluster).
     pub url: String,
+    /// The servers of `NATS_URL`, in order. The client connects to one of them and, when it
+    /// goes away, reconnects to another (and to any node the cluster tells it about).
+    pub servers: Vec<async_nats::ServerAddr>,
+    /// `STREAM_REPLICAS` (1 to 5): how many servers of a cluster keep a copy of every stream
+    /// this project declares (see [`crate::topology`]). 1 for a single server; 3 on a
+    /// three-node cluster, so that losing one node loses no message and stops nothing.
+    pub stream_replicas: usize,
     /// Credentials (from `NATS_URL`, `NATS_CREDS` or `NATS_NKEY_SEED_FILE`) and TLS
     /// (`NATS_TLS_*`): see [`crate::nats_auth`].
     pub auth: crate::nats_auth::NatsAuth,
@@ -311,16 +318,29 @@ impl NatsConfig {
 
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         let url = env.string("NATS_URL", Self::DEFAULT_URL);
-        if !(url.starts_with("nats://") || url.starts_with("tls://") || url.contains(':')) {
-            return Err(ConfigError::new(
-                "NATS_URL",
-                &url,
-                "expected a server address such as nats://127.0.0.1:4222",
-            ));
-        }
+        let servers = url
+            .split(',')
+            .enumerate()
+            .map(|(index, server)| {
+                let server = server.trim();
+                let number = index + 1;
+                if !(server.starts_with("nats://") || server.starts_with("tls://") || server.contains(':')) {
+                    return Err(ConfigError::new(
+                        "NATS_URL",
+                        &url,
+                        format!("server {number}: expected an address such as nats://127.0.0.1:4222 (several: separated by commas)"),
+                    ));
+                }
+                server
+                    .parse::<async_nats::ServerAddr>()
+                    .map_err(|err| ConfigError::new("NATS_URL", &url, format!("server {number}: {err}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             auth: crate::nats_auth::NatsAuth::from_env(env, &url)?,
             url,
+            servers,
+            stream_replicas: env.number("STREAM_REPLICAS", 1, 1..=5)?,
             orders_stream: OrdersStreamSettings::from_env(env)?,
             events_stream: EventsStreamSettings::from_env(env)?,
             unprocessed_max_age: env
@@ -633,6 +653,34 @@ mod tests {
     fn empty_values_count_as_unset() {
         let env = Env::from_pairs([("NATS_URL", "  ")]);
         assert_eq!(NatsConfig::from_env(&env).unwrap().url, NatsConfig::DEFAULT_URL);
+    }
+
+    #[test]
+    fn nats_url_may_list_several_servers() {
+        let env = Env::from_pairs([("NATS_URL", "nats://u:p@a:4222, nats://u:p@b:4223,c:4224")]);
+        let config = NatsConfig::from_env(&env).unwrap();
+        let ports: Vec<u16> = config.servers.iter().map(|s| s.port()).collect();
+        assert_eq!(ports, [4222, 4223, 4224]);
+        assert_eq!(config.stream_replicas, 1);
+    }
+
+    #[test]
+    fn a_bad_server_in_the_list_is_refused_naming_nats_url_and_no_password() {
+        for url in ["nats://u:s3cret@a:4222,", "nats://u:s3cret@a:4222,http://b:80"] {
+            let err = NatsConfig::from_env(&Env::from_pairs([("NATS_URL", url)])).unwrap_err();
+            assert_eq!(err.variable, "NATS_URL");
+            assert!(err.to_string().contains("server 2"), "{err}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
+    }
+
+    #[test]
+    fn stream_replicas_are_one_to_five() {
+        let replicas = |value| NatsConfig::from_env(&Env::from_pairs([("STREAM_REPLICAS", value)]));
+        assert_eq!(replicas("3").unwrap().stream_replicas, 3);
+        for bad in ["0", "6", "three"] {
+            assert_eq!(replicas(bad).unwrap_err().variable, "STREAM_REPLICAS");
+        }
     }
 
     #[test]

@@ -49,7 +49,7 @@ pub async fn connect(
                 continue;
             }
         };
-        match options.connect(config.url.as_str()).await {
+        match options.connect(config.servers.as_slice()).await {
             Ok(client) => {
                 tracing::info!(%url, login = %config.auth.describe(), "logged in to NATS");
                 let js = jetstream::new(client.clone());

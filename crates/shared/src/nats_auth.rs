@@ -37,7 +37,7 @@ pub struct NatsAuth {
 }
 
 /// One way of logging in (the server accepts one per connection).
-#[derive(Clone, Default)]
+#[derive(Clone, Default, PartialEq, Eq)]
 enum Login {
     #[default]
     Anonymous,
@@ -62,10 +62,12 @@ impl fmt::Debug for NatsAuth {
 }
 
 impl NatsAuth {
-    /// Reads the settings of the module docs. `url` is `NATS_URL` (one or more URLs, separated
-    /// by commas; credentials are taken from the first URL that has some).
+    /// Reads the settings of the module docs. `url` is `NATS_URL`: one or more URLs, separated
+    /// by commas (the nodes of a cluster). One service logs in as one user everywhere, so the
+    /// URLs that hold credentials must hold the same ones, and they apply to every server of
+    /// the list (a URL without any, `nats://b:4222`, is logged in to with them too).
     pub fn from_env(env: &Env, url: &str) -> Result<Self, ConfigError> {
-        let from_url = credentials_in_url(url);
+        let from_url = credentials_in_url(url)?;
         let creds = env.raw("NATS_CREDS").map(PathBuf::from);
         let nkey_file = env.raw("NATS_NKEY_SEED_FILE").map(PathBuf::from);
 
@@ -174,17 +176,34 @@ impl NatsAuth {
     }
 }
 
-/// The user and password, or the token, written in the first URL that has any.
-fn credentials_in_url(urls: &str) -> Option<Login> {
-    urls.split(',').find_map(|url| {
-        let (_scheme, rest) = url.trim().split_once("://")?;
-        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
-        let (userinfo, _host) = authority.rsplit_once('@')?;
-        let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
-        Some(match userinfo.split_once(':') {
-            Some((user, password)) => Login::UserPassword(decode(user), decode(password)),
-            None => Login::Token(decode(userinfo)),
-        })
+/// The user and password, or the token, written in the URLs of the list; an error if two URLs
+/// hold different ones.
+fn credentials_in_url(urls: &str) -> Result<Option<Login>, ConfigError> {
+    let mut found: Option<Login> = None;
+    for login in urls.split(',').filter_map(credentials_in_one_url) {
+        match &found {
+            None => found = Some(login),
+            Some(first) if *first == login => {}
+            Some(_) => {
+                return Err(ConfigError::new(
+                    "NATS_URL",
+                    urls,
+                    "its servers hold different credentials: a service logs in as one user, give the same in every URL (or in the first only)",
+                ));
+            }
+        }
+    }
+    Ok(found)
+}
+
+fn credentials_in_one_url(url: &str) -> Option<Login> {
+    let (_scheme, rest) = url.trim().split_once("://")?;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let (userinfo, _host) = authority.rsplit_once('@')?;
+    let decode = |s: &str| percent_decode_str(s).decode_utf8_lossy().into_owned();
+    Some(match userinfo.split_once(':') {
+        Some((user, password)) => Login::UserPassword(decode(user), decode(password)),
+        None => Login::Token(decode(userinfo)),
     })
 }
 
@@ -220,6 +239,19 @@ mod tests {
         let auth = auth(&[("NATS_URL", "nats://127.0.0.1:4222,nats://s3cret@nats:4222")]).unwrap();
         assert!(matches!(&auth.login, Login::Token(t) if t == "s3cret"));
         assert!(!format!("{auth:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn every_server_of_a_list_is_logged_in_to_with_the_same_credentials() {
+        let same = "nats://order_api:pw@a:4222,nats://order_api:pw@b:4222,nats://c:4222";
+        let auth = auth(&[("NATS_URL", same)]).unwrap();
+        assert!(matches!(&auth.login, Login::UserPassword(u, p) if u == "order_api" && p == "pw"));
+
+        let different = "nats://order_api:s3cret@a:4222,nats://other:s3cret2@b:4222";
+        let err = super::NatsAuth::from_env(&Env::from_pairs([]), different).unwrap_err();
+        assert_eq!(err.variable, "NATS_URL");
+        assert!(err.to_string().contains("different credentials"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 
     #[test]

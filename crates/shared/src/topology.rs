@@ -45,9 +45,11 @@ pub fn max_deliveries_advisories(stream: &str) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
-    #[error("could not create or update stream {stream}")]
+    #[error("could not create or update stream {stream} with {replicas} replica(s){}", replicas_hint(*replicas))]
     Stream {
         stream: &'static str,
+        /// `STREAM_REPLICAS`.
+        replicas: usize,
         #[source]
         source: jetstream::context::CreateStreamError,
     },
@@ -58,6 +60,16 @@ pub enum TopologyError {
         #[source]
         source: async_nats::Error,
     },
+}
+
+/// What to check when a replicated stream cannot be declared.
+fn replicas_hint(replicas: usize) -> String {
+    if replicas == 1 {
+        return String::new();
+    }
+    format!(
+        " (STREAM_REPLICAS={replicas}: it needs a NATS cluster with at least {replicas} JetStream servers up and routed together; a single server accepts 1 only)"
+    )
 }
 
 /// `orders_stream`: the work queue of new orders (the seed article's `nats stream add`).
@@ -139,18 +151,60 @@ pub fn durable_consumer_config(settings: &ConsumerSettings, filter_subject: &str
     }
 }
 
-/// Creates or updates the three streams.
+/// Creates or updates the three streams, each with `STREAM_REPLICAS` copies.
+///
+/// An existing stream with another replica count is updated to this one: in a cluster,
+/// JetStream adds or removes copies of it in the background (its consumers, whose replica
+/// count is left at 0, "as the stream", follow it). The durable consumers declared by
+/// [`ensure_consumer`] are not given a count of their own for the same reason.
 pub async fn ensure_streams(js: &jetstream::Context, nats: &NatsConfig) -> Result<(), TopologyError> {
+    let replicas = nats.stream_replicas;
     for (stream, config) in [
         (ORDERS_STREAM, orders_stream_config(&nats.orders_stream)),
         (EVENTS_STREAM, events_stream_config(&nats.events_stream)),
         (UNPROCESSED_STREAM, unprocessed_stream_config(nats.unprocessed_max_age)),
     ] {
-        js.create_or_update_stream(config)
-            .await
-            .map_err(|source| TopologyError::Stream { stream, source })?;
+        let config = stream::Config { num_replicas: replicas, ..config };
+        let mut attempt: u32 = 1;
+        loop {
+            // In a cluster, a request can go unanswered while the meta leader changes; and when
+            // several services declare the same stream at the same moment, none may be
+            // answered (seen with nats-server 2.15.1: each waited out its timeout, though the
+            // stream was created). Asking again is safe, the declaration being idempotent, so
+            // the first waits are short: 2 s, then 4, 8, 16.
+            let patience = Duration::from_secs(1 << attempt);
+            let declared = tokio::time::timeout(patience, js.create_or_update_stream(config.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(jetstream::context::CreateStreamError::new(
+                        jetstream::context::CreateStreamErrorKind::TimedOut,
+                    ))
+                });
+            match declared {
+                Ok(_) => break,
+                Err(err) if attempt < UNANSWERED_ATTEMPTS && is_unanswered(&err) => {
+                    tracing::warn!(stream, attempt, error = %err, "JetStream did not answer a stream declaration: asking again");
+                    attempt += 1;
+                }
+                Err(source) => return Err(TopologyError::Stream { stream, replicas, source }),
+            }
+        }
     }
     Ok(())
+}
+
+/// How many times a declaration JetStream does not answer is sent (see [`is_unanswered`]).
+const UNANSWERED_ATTEMPTS: u32 = 5;
+
+/// Whether JetStream gave no answer (a timeout, or "temporarily unavailable" while a cluster
+/// elects its meta leader), rather than refusing the declaration.
+fn is_unanswered(err: &jetstream::context::CreateStreamError) -> bool {
+    use jetstream::context::CreateStreamErrorKind;
+    match err.kind() {
+        CreateStreamErrorKind::TimedOut | CreateStreamErrorKind::JetStreamUnavailable => true,
+        CreateStreamErrorKind::JetStream(err) => err.code() == 503,
+        _ => false,
+    }
 }
 
 /// Creates or updates a durable pull consumer and returns a handle to it.
@@ -165,22 +219,49 @@ pub async fn ensure_consumer(
         consumer: settings.name.clone(),
         source,
     };
-    let stream_handle = js.get_stream(stream).await.map_err(|e| err(e.into()))?;
     let wanted = durable_consumer_config(settings, filter_subject);
+    let mut attempt = 1;
+    loop {
+        match declare_consumer(js, stream, &settings.name, &wanted).await {
+            Ok(consumer) => return Ok(consumer),
+            Err((source, unanswered)) if unanswered && attempt < UNANSWERED_ATTEMPTS => {
+                tracing::warn!(stream, consumer = %settings.name, attempt, error = %source, "JetStream did not answer a consumer declaration: asking again");
+                attempt += 1;
+            }
+            Err((source, _)) => return Err(err(source)),
+        }
+    }
+}
+
+/// One attempt of [`ensure_consumer`]; on failure, the error and whether it was a timeout.
+async fn declare_consumer(
+    js: &jetstream::Context,
+    stream: &str,
+    name: &str,
+    wanted: &pull::Config,
+) -> Result<PullConsumer, (async_nats::Error, bool)> {
+    use jetstream::{context::GetStreamErrorKind, stream::ConsumerErrorKind};
+    let stream_handle = js.get_stream(stream).await.map_err(|e| {
+        let unanswered = matches!(e.kind(), GetStreamErrorKind::Request);
+        (e.into(), unanswered)
+    })?;
     // A consumer that is already as wanted is used as it is: an update is a write to the
     // server's store, and every replica of every service starting is no reason for one. (It
     // also sidesteps a nats-server fault seen by the chaos soak: after a consumer was deleted
     // and declared again, updating it failed with "meta.inf.tmp: no such file or directory".)
-    if let Ok(existing) = stream_handle.get_consumer::<pull::Config>(&settings.name).await
-        && is_as_wanted(&existing.cached_info().config, &wanted)
+    if let Ok(existing) = stream_handle.get_consumer::<pull::Config>(name).await
+        && is_as_wanted(&existing.cached_info().config, wanted)
     {
         return Ok(existing);
     }
     stream_handle
         // `create_consumer` is create-or-update on servers >= 2.10.
-        .create_consumer(wanted)
+        .create_consumer(wanted.clone())
         .await
-        .map_err(|e| err(e.into()))
+        .map_err(|e| {
+            let unanswered = matches!(e.kind(), ConsumerErrorKind::TimedOut);
+            (e.into(), unanswered)
+        })
 }
 
 /// Whether a consumer's configuration already has every setting this project declares.

@@ -17,7 +17,7 @@ use shared::{
     topology,
 };
 use sqlx::{PgPool, migrate::Migrator};
-use test_support::{NatsServer, TestDatabase};
+use test_support::{NatsCluster, NatsServer, TestDatabase};
 
 fn database_config(db: &TestDatabase) -> DatabaseConfig {
     DatabaseConfig::from_env(&Env::from_pairs([("DATABASE_URL", db.url().as_str())])).unwrap()
@@ -196,6 +196,41 @@ async fn a_changed_limit_is_applied_to_the_existing_stream() {
 
     let config = js.get_stream(topology::ORDERS_STREAM).await.unwrap().get_info().await.unwrap().config;
     assert_eq!(config.max_bytes, 512 << 20);
+}
+
+#[tokio::test]
+async fn more_replicas_than_servers_are_refused_with_the_reason() {
+    let nats = NatsServer::start().await;
+    let js = nats.jetstream().await;
+    let three = NatsConfig::from_env(&Env::from_pairs([("STREAM_REPLICAS", "3")])).unwrap();
+    let err = topology::ensure_streams(&js, &three).await.unwrap_err();
+    let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(text.contains("orders_stream with 3 replica(s)"), "{text}");
+    assert!(text.contains("STREAM_REPLICAS=3: it needs a NATS cluster with at least 3"), "{text}");
+    assert!(text.contains("replicas"), "the server's own reason: {text}");
+}
+
+#[tokio::test]
+async fn on_a_cluster_streams_declared_with_one_replica_are_raised_to_three_with_their_consumers() {
+    let cluster = NatsCluster::start().await;
+    let js = cluster.jetstream().await;
+    let replicas = |n: &str| NatsConfig::from_env(&Env::from_pairs([("STREAM_REPLICAS", n)])).unwrap();
+    topology::ensure_streams(&js, &replicas("1")).await.unwrap();
+    let settings = ConsumerSettings::from_env(&Env::from_pairs([]), "WORKER", "inventory-worker").unwrap();
+    topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings).await.unwrap();
+
+    topology::ensure_streams(&js, &replicas("3")).await.unwrap();
+    for name in [topology::ORDERS_STREAM, topology::EVENTS_STREAM, topology::UNPROCESSED_STREAM] {
+        let info = js.get_stream(name).await.unwrap().get_info().await.unwrap();
+        assert_eq!(info.config.num_replicas, 3, "{name}");
+    }
+    // The consumer, its replica count left at 0 ("as the stream"), follows its stream.
+    test_support::wait_until("the consumer has three replicas", Duration::from_secs(20), || async {
+        let stream = js.get_stream(topology::ORDERS_STREAM).await.ok()?;
+        let info = stream.consumer_info("inventory-worker").await.ok()?;
+        (info.cluster.as_ref()?.replicas.len() == 2).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -6,6 +6,7 @@
 //! # Layout
 //! - [`nats`]: [`NatsServer`], a nats-server process per test, with the repository's users
 //!   ([`NatsUser`]).
+//! - [`nats_cluster`]: [`NatsCluster`], three routed nats-servers, with nodes to kill and restart.
 //! - [`postgres`]: [`TestDatabase`] (a fresh database per test, with the services' roles:
 //!   [`PgRole`]) and [`PostgresServer`] (a private server, for tests that stop Postgres).
 //! - [`process`]: [`ServiceProcess`], a service binary started as a child process.
@@ -18,12 +19,14 @@
 pub mod http;
 pub mod metrics;
 pub mod nats;
+pub mod nats_cluster;
 pub mod otlp;
 pub mod postgres;
 pub mod process;
 pub mod stack;
 
 pub use nats::{NatsServer, NatsUser};
+pub use nats_cluster::NatsCluster;
 pub use postgres::{PgRole, PostgresServer, TestDatabase};
 pub use process::ServiceProcess;
 

@@ -69,7 +69,7 @@ impl NatsUser {
         format!("{}-test-password", self.name())
     }
 
-    const ALL: [NatsUser; 4] =
+    pub(crate) const ALL: [NatsUser; 4] =
         [NatsUser::Admin, NatsUser::OrderApi, NatsUser::InventoryWorker, NatsUser::DlqService];
 }
 
@@ -172,20 +172,7 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         assert!(self.child.is_none(), "nats-server is already running");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log file");
-        let mut command = Command::new(Self::binary());
-        command.arg("-c").arg(&self.config);
-        for user in NatsUser::ALL {
-            command.env(user.password_variable(), user.password());
-        }
-        let child = command
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(self.store.path())
-            .stdout(Stdio::from(log.try_clone().expect("log file")))
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("start nats-server");
-        self.child = Some(child);
+        self.child = Some(spawn_server(&self.config, self.port, &[], self.store.path(), &self.log));
     }
 
     /// Stops the server abruptly (SIGKILL), as a crash or a network cut would.
@@ -234,7 +221,37 @@ impl Drop for NatsServer {
     }
 }
 
-async fn connect_as(address: &str, user: NatsUser) -> Result<async_nats::Client, async_nats::ConnectError> {
+/// Starts the pinned nats-server with `config` (the passwords of every [`NatsUser`] in its
+/// environment) on 127.0.0.1:`port`, with the store in `store`, `extra` flags, and its output
+/// appended to `log`.
+pub(crate) fn spawn_server(
+    config: &std::path::Path,
+    port: u16,
+    extra: &[String],
+    store: &std::path::Path,
+    log: &std::path::Path,
+) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("log file");
+    let mut command = Command::new(NatsServer::binary());
+    command.arg("-c").arg(config);
+    for user in NatsUser::ALL {
+        command.env(user.password_variable(), user.password());
+    }
+    command
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .args(extra)
+        .arg("-sd")
+        .arg(store)
+        .stdout(Stdio::from(log.try_clone().expect("log file")))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("start nats-server")
+}
+
+pub(crate) async fn connect_as(
+    address: impl async_nats::ToServerAddrs,
+    user: NatsUser,
+) -> Result<async_nats::Client, async_nats::ConnectError> {
     async_nats::ConnectOptions::with_user_and_password(user.name().to_owned(), user.password())
         .connect(address)
         .await

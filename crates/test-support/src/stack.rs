@@ -7,9 +7,38 @@
 //! enough. The test itself reaches both as the administrator.
 
 use crate::{
-    NatsServer, NatsUser, PgRole, ServiceProcess, TestDatabase, free_port,
+    NatsCluster, NatsServer, NatsUser, PgRole, ServiceProcess, TestDatabase, free_port,
     http::{DeadLetterApi, InventoryApi, OrderApi},
 };
+
+/// What the services connect to: one nats-server ([`NatsServer`], the default) or a cluster
+/// of them ([`NatsCluster`]).
+pub trait Broker {
+    /// `NATS_URL` for `user`.
+    fn url_as(&self, user: NatsUser) -> String;
+    /// The client addresses, without credentials.
+    fn addresses(&self) -> Vec<String>;
+}
+
+impl Broker for NatsServer {
+    fn url_as(&self, user: NatsUser) -> String {
+        NatsServer::url_as(self, user)
+    }
+
+    fn addresses(&self) -> Vec<String> {
+        vec![self.address()]
+    }
+}
+
+impl Broker for NatsCluster {
+    fn url_as(&self, user: NatsUser) -> String {
+        NatsCluster::url_as(self, user)
+    }
+
+    fn addresses(&self) -> Vec<String> {
+        NatsCluster::addresses(self)
+    }
+}
 
 /// Settings that keep end-to-end runs quick: short retry pauses and polls.
 pub const QUICK_SETTINGS: [(&str, &str); 6] = [
@@ -30,8 +59,8 @@ pub struct Worker {
 }
 
 #[derive(Debug)]
-pub struct Stack {
-    pub nats: NatsServer,
+pub struct Stack<B: Broker = NatsServer> {
+    pub nats: B,
     pub db: TestDatabase,
     pub api: OrderApi,
     pub order_api: ServiceProcess,
@@ -59,23 +88,40 @@ impl Stack {
     /// Starts order-api and `workers` inventory-workers at the same moment (they create the
     /// database, migrate and declare the topology concurrently) and waits until all are ready.
     pub async fn start(workers: usize, extra_env: &[(&str, &str)]) -> Self {
-        Self::start_services(TestDatabase::new(), workers, false, extra_env).await
+        Self::start_services(NatsServer::start().await, TestDatabase::new(), workers, false, extra_env).await
     }
 
     /// Like [`Stack::start`], with dlq-service too.
     pub async fn start_with_dlq(workers: usize, extra_env: &[(&str, &str)]) -> Self {
-        Self::start_services(TestDatabase::new(), workers, true, extra_env).await
+        Self::start_services(NatsServer::start().await, TestDatabase::new(), workers, true, extra_env).await
     }
 
     /// Like [`Stack::start_with_dlq`], on a database of the caller's, e.g. one on a
     /// [`PostgresServer`](crate::PostgresServer) that the caller stops and starts.
     pub async fn start_with_dlq_on(db: TestDatabase, workers: usize, extra_env: &[(&str, &str)]) -> Self {
-        Self::start_services(db, workers, true, extra_env).await
+        Self::start_services(NatsServer::start().await, db, workers, true, extra_env).await
     }
+}
 
-    async fn start_services(db: TestDatabase, workers: usize, dlq: bool, extra_env: &[(&str, &str)]) -> Self {
+impl Stack<NatsCluster> {
+    /// order-api, `workers` inventory-workers and dlq-service on a three-node [`NatsCluster`]:
+    /// each service is given every node in `NATS_URL`, and `STREAM_REPLICAS=3`.
+    pub async fn start_on_cluster(workers: usize, extra_env: &[(&str, &str)]) -> Self {
+        let mut env = vec![("STREAM_REPLICAS", "3")];
+        env.extend_from_slice(extra_env);
+        Self::start_services(NatsCluster::start().await, TestDatabase::new(), workers, true, &env).await
+    }
+}
+
+impl<B: Broker> Stack<B> {
+    async fn start_services(
+        nats: B,
+        db: TestDatabase,
+        workers: usize,
+        dlq: bool,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         crate::init_logging();
-        let nats = NatsServer::start().await;
         db.provision().await;
         let (tokens, operator_tokens) = crate::http::OPERATOR_TOKENS;
         // The operator routes accept `http::OPERATOR_TOKEN` (a test may unset it in `extra_env`).
@@ -219,9 +265,24 @@ impl Stack {
         self.db.pool("order_api, inventory, dlq").await
     }
 
+    /// Waits until no order is `pending` any more (each reached a final status).
+    pub async fn wait_until_no_order_pending(&self, timeout: std::time::Duration) {
+        let pool = self.pool().await;
+        crate::wait_until("every order reaches a final status", timeout, || async {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM order_api.orders WHERE status = 'pending'")
+                    .fetch_one(&pool)
+                    .await
+                    .ok()?;
+            (pending == 0).then_some(())
+        })
+        .await;
+    }
+
     /// The shared worker consumer as JetStream reports it: (pending, ack pending).
     pub async fn worker_consumer_backlog(&self) -> Option<(u64, usize)> {
-        let js = self.nats.jetstream().await;
+        let client = crate::nats::connect_as(self.nats.addresses(), NatsUser::Admin).await.ok()?;
+        let js = async_nats::jetstream::new(client);
         let stream = js.get_stream("orders_stream").await.ok()?;
         let info = stream.consumer_info("inventory-worker").await.ok()?;
         Some((info.num_pending, info.num_ack_pending))
@@ -233,7 +294,7 @@ impl Stack {
 fn spawn(
     binary: &str,
     name: &str,
-    (nats, db): (&NatsServer, &TestDatabase),
+    (nats, db): (&impl Broker, &TestDatabase),
     common: &[(String, String)],
     own: &[(&str, String)],
 ) -> ServiceProcess {
