@@ -239,8 +239,9 @@ fn positive(env: &Env, name: &str, default: Duration) -> Result<Duration, Config
     Ok(value)
 }
 
-/// Where and how to reach Postgres. Each service owns one schema of the one database.
-#[derive(Debug, Clone)]
+/// Where and how to reach Postgres. Each service owns one schema of the one database. Its
+/// `Debug` shows the URL [`redact`]ed, so that printing the settings never prints a password.
+#[derive(Clone)]
 pub struct DatabaseConfig {
     /// `DATABASE_URL`. The database is created if missing.
     pub url: String,
@@ -259,6 +260,19 @@ pub struct DatabaseConfig {
     /// `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT`: Postgres ends a session that holds a transaction
     /// open and idle this long (`idle_in_transaction_session_timeout`), releasing its locks.
     pub idle_in_transaction_timeout: Duration,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("idle_in_transaction_timeout", &self.idle_in_transaction_timeout)
+            .finish()
+    }
 }
 
 impl DatabaseConfig {
@@ -290,8 +304,9 @@ impl DatabaseConfig {
     }
 }
 
-/// How to reach NATS and the shape of the streams every service relies on.
-#[derive(Debug, Clone)]
+/// How to reach NATS and the shape of the streams every service relies on. Its `Debug` shows
+/// the URLs [`redact`]ed (a password or token in `NATS_URL` never printed).
+#[derive(Clone)]
 pub struct NatsConfig {
     /// `NATS_URL`: one server, or several separated by commas (the nodes of a cluster).
     pub url: String,
@@ -310,6 +325,20 @@ pub struct NatsConfig {
     /// `UNPROCESSED_STREAM_MAX_AGE`: how long `orders_unprocessed` keeps advisories and copies
     /// (the dead-letter table keeps its rows for good).
     pub unprocessed_max_age: Duration,
+}
+
+impl std::fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `servers` is left out: its addresses hold the same credentials as `url`.
+        f.debug_struct("NatsConfig")
+            .field("url", &redact(&self.url))
+            .field("stream_replicas", &self.stream_replicas)
+            .field("auth", &self.auth)
+            .field("orders_stream", &self.orders_stream)
+            .field("events_stream", &self.events_stream)
+            .field("unprocessed_max_age", &self.unprocessed_max_age)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NatsConfig {
@@ -639,6 +668,20 @@ mod tests {
         assert_eq!(redact("postgres://app@db/orders"), "postgres://app@db/orders");
         assert_eq!(redact("http://host/path?q=a@b"), "http://host/path?q=a@b");
         assert_eq!(redact("5s"), "5s");
+    }
+
+    #[test]
+    fn printing_the_settings_never_prints_a_password_or_token() {
+        let database =
+            DatabaseConfig::from_env(&Env::from_pairs([("DATABASE_URL", "postgres://app:s3cret@db/orders")]))
+                .unwrap();
+        let shown = format!("{database:?}");
+        assert!(shown.contains("postgres://app:***@db/orders") && !shown.contains("s3cret"), "{shown}");
+        for url in ["nats://u:s3cret@a:4222,nats://u:s3cret@b:4222", "nats://s3cret-token@a:4222"] {
+            let nats = NatsConfig::from_env(&Env::from_pairs([("NATS_URL", url)])).unwrap();
+            let shown = format!("{nats:?}");
+            assert!(shown.contains("@a:4222") && !shown.contains("s3cret"), "{shown}");
+        }
     }
 
     #[test]

@@ -38,6 +38,21 @@ async fn a_user_and_password_in_nats_url_log_in_as_that_user() {
 }
 
 #[tokio::test]
+async fn a_token_in_nats_url_logs_in_and_another_is_refused() {
+    let nats =
+        NatsServer::start_with_config("authorization { token: \"a-test-token-of-the-service\" }\n").await;
+    let url = |token: &str| nats.address().replacen("nats://", &format!("nats://{token}@"), 1);
+    let with_token = config(&[("NATS_URL", &url("a-test-token-of-the-service"))]);
+    assert_eq!(with_token.auth.describe(), "a token");
+    assert!(!format!("{with_token:?}").contains("a-test-token-of-the-service"), "the token is never shown");
+    let client = connect_once(&with_token).await.unwrap();
+    client.flush().await.unwrap();
+
+    let err = connect_once(&config(&[("NATS_URL", &url("a-guessed-token"))])).await.unwrap_err();
+    assert!(shared::nats::is_refused_login(&err), "{err:?}");
+}
+
+#[tokio::test]
 async fn a_wrong_password_is_refused_as_such_and_not_taken_for_an_outage() {
     let nats = NatsServer::start().await;
     let url = nats.url_as(NatsUser::OrderApi).replace("-test-password", "-wrong");
