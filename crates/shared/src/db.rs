@@ -92,7 +92,7 @@ async fn warn_if_superuser(pool: &PgPool, service: &str) {
     if let Ok((role, true)) = role {
         tracing::warn!(
             %role,
-            "{service} is connected to Postgres as a superuser: give it a role of its own that owns only its schema (scripts/provision-db creates one; README, \"Postgres roles\")"
+            "{service} is connected to Postgres as a superuser: give it a role of its own that owns only its schema (scripts/provision-db creates one; docs/security.md, \"Postgres roles\")"
         );
     }
 }
