@@ -10,6 +10,7 @@ WORKDIR /src
 #    to build every dependency; this layer is reused until Cargo.toml or Cargo.lock change, so
 #    editing the code rebuilds only the workspace's own crates.
 COPY Cargo.toml Cargo.lock ./
+COPY crates/contract/Cargo.toml crates/contract/
 COPY crates/shared/Cargo.toml crates/shared/
 COPY crates/order-api/Cargo.toml crates/order-api/
 COPY crates/inventory-worker/Cargo.toml crates/inventory-worker/
@@ -18,6 +19,7 @@ COPY crates/loadgen/Cargo.toml crates/loadgen/
 COPY crates/test-support/Cargo.toml crates/test-support/
 COPY crates/e2e/Cargo.toml crates/e2e/
 COPY crates/chaos/Cargo.toml crates/chaos/
+COPY crates/rawbench/Cargo.toml crates/rawbench/
 RUN for crate in crates/*/; do \
         mkdir -p "$crate/src" && touch "$crate/src/lib.rs" && echo 'fn main() {}' > "$crate/src/main.rs"; \
     done \

@@ -11,6 +11,7 @@ as_postgres() {
 
 # start_private_postgres DIR PORT [persistent]: initdb into DIR/data if needed, start on PORT.
 # Without "persistent", durability is traded for speed (fsync off): for tests only.
+# PG_EXTRA_OPTS adds settings (scripts/bench --profile loads pg_stat_statements with it).
 start_private_postgres() {
   local dir=$1 port=$2 mode=${3:-}
   local bin=${PG_BIN_DIR:?PG_BIN_DIR is not set: run scripts/ensure-tools}
@@ -20,6 +21,7 @@ start_private_postgres() {
   fi
   local opts="-p $port -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=300"
   [ "$mode" = persistent ] || opts="$opts -c fsync=off -c full_page_writes=off -c synchronous_commit=off"
+  opts="$opts ${PG_EXTRA_OPTS:-}"   # more `-c name=value` settings, for a profile run
   as_postgres "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -o "$opts" -w start >/dev/null
 }
 

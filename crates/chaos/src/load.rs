@@ -30,7 +30,9 @@ const GIVE_UP_AFTER: Duration = Duration::from_secs(180);
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 const PAUSE_AFTER_ERROR: Duration = Duration::from_millis(500);
 
-/// What became of one planned item.
+/// What the chaos load's client saw of one planned order (or raw publish): accepted by
+/// order-api, published straight to `orders_stream`, refused for good, or given up on. It
+/// decides what the checks expect to find at the end.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// 202: the order's ID.

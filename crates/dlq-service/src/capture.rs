@@ -13,7 +13,7 @@
 //!   terminated the original: poison messages it could not read (`orders_unprocessed.poison`),
 //!   and messages whose every attempt failed, from a consumer that has JetStream keep no
 //!   delivery limit for it (`orders_unprocessed.gave_up`: the projection, see
-//!   [`shared::config::GivesUp`]).
+//!   [`shared::messaging::consumer::GivesUp`]).
 //! - **Last errors** (`orders_unprocessed.last_error`): why a message's last attempt failed, sent
 //!   just before JetStream gives up on it.
 //!
@@ -52,15 +52,16 @@ use async_nats::{
     jetstream::{self, AckKind, context::ConsumerInfoErrorKind, stream::DirectGetErrorKind},
 };
 use chrono::{DateTime, Utc};
+use contract::{
+    dead_letter,
+    streams::{DEAD_LETTER_SOURCES, MAX_DELIVERIES_ADVISORY_PREFIX, ORDERS_STREAM, UNPROCESSED_STREAM},
+};
 use opentelemetry::trace::TraceContextExt;
 use serde::Deserialize;
 use shared::{
     db,
-    messages::{self, dead_letter},
-    outbox::OutboxWaker,
-    propagation,
-    puller::Puller,
-    topology::{DEAD_LETTER_SOURCES, MAX_DELIVERIES_ADVISORY_PREFIX, ORDERS_STREAM, UNPROCESSED_STREAM},
+    messaging::{envelope, outbox::OutboxWaker, puller::Puller},
+    telemetry::propagation,
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -108,7 +109,9 @@ pub fn vet(subject: &str, payload: &[u8]) -> Result<MaxDeliveriesAdvisory, Strin
     Ok(advisory)
 }
 
-/// What capture did with one message of `orders_unprocessed`.
+/// What capture did with one message of `orders_unprocessed`: recorded a new dead-letter row,
+/// found its row already there, or kept a last-error note for a row to come. Any of them means
+/// the message is handled, and it is acknowledged; tests and logs tell them apart.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Captured {
     /// A new row.
@@ -213,7 +216,7 @@ impl Capture {
         match &original {
             Some(original) => {
                 letter.subject = Some(original.subject.to_string());
-                letter.headers = header_map(&original.headers);
+                letter.headers = envelope::stored_headers(&original.headers);
                 letter.message_id = ce_id(&original.headers);
                 letter.order_id = order_id(&original.payload);
                 letter.payload = Some(original.payload.to_vec());
@@ -243,7 +246,7 @@ impl Capture {
         let get = |name: &str| headers.get(name).map(|v| v.as_str().to_owned());
         let own_sequence = message.info().map(|i| i.stream_sequence).unwrap_or_default();
         let published = message.info().map(|i| i.published).unwrap_or_else(|_| Utc::now());
-        let mut original_headers = header_map(&headers);
+        let mut original_headers = envelope::stored_headers(&headers);
         original_headers.retain(|name, _| !name.starts_with("Dlq-"));
         let deliveries = get(dead_letter::DELIVERIES).and_then(|d| d.parse().ok());
         let why = get(dead_letter::REASON).unwrap_or_default();
@@ -308,7 +311,7 @@ impl Capture {
             source_sequence: i64::try_from(info.stream_sequence).unwrap_or(i64::MAX),
             subject: Some(message.subject.to_string()),
             payload: Some(message.payload.to_vec()),
-            headers: message.headers.as_ref().map(header_map).unwrap_or_default(),
+            headers: message.headers.as_ref().map(envelope::stored_headers).unwrap_or_default(),
             reason: reason.to_owned(),
             failed_at: info.published,
             ..Default::default()
@@ -348,7 +351,7 @@ impl Capture {
     /// (harmless, capture is idempotent, but it wastes one of their deliveries).
     pub async fn run(self, mut puller: Puller, ack_wait: Duration, shutdown: CancellationToken) {
         // The pulling (when ready, healing a deleted consumer, finishing a pull at shutdown) is
-        // the idempotent consumer's: see `shared::puller`.
+        // the idempotent consumer's: see `shared::messaging::puller`.
         while let Some(messages) = puller.next_batch(&shutdown).await {
             let reached = AtomicUsize::new(0);
             let work = async {
@@ -417,18 +420,8 @@ fn capture_span(original: Option<&HeaderMap>, news: Option<&HeaderMap>) -> traci
     span
 }
 
-/// Headers as a name → value map (the last value of a repeated header), without the broker's
-/// own (`Nats-*`), which belong to the stored message, not to the message.
-fn header_map(headers: &HeaderMap) -> std::collections::BTreeMap<String, String> {
-    headers
-        .iter()
-        .filter(|(name, _)| !AsRef::<str>::as_ref(*name).starts_with("Nats-"))
-        .filter_map(|(name, values)| Some((name.to_string(), values.last()?.as_str().to_owned())))
-        .collect()
-}
-
 fn ce_id(headers: &HeaderMap) -> Option<Uuid> {
-    messages::Envelope::from_headers(Some(headers)).ok().map(|e| e.id)
+    envelope::Envelope::from_headers(Some(headers)).ok().map(|e| e.id)
 }
 
 /// The order a payload is about, read leniently: the `order_id` field of any JSON object,
@@ -453,16 +446,6 @@ mod tests {
         assert_eq!(advisory.kind, MAX_DELIVERIES_TYPE);
         assert_eq!((advisory.stream_seq, advisory.deliveries), (42, 5));
         assert_eq!(advisory.consumer, "inventory-worker");
-    }
-
-    #[test]
-    fn broker_headers_are_not_kept() {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", "abc");
-        headers.insert("ce-id", "0193f1b2-0000-7000-8000-000000000000");
-        let map = header_map(&headers);
-        assert_eq!(map.len(), 1);
-        assert!(map.contains_key("ce-id"));
     }
 
     #[test]

@@ -10,7 +10,10 @@
 //! is `cli:<name>`, the name from `--by` (default: `$USER`, else `cli`): the prefix tells a
 //! review made at a terminal from one made with a token, whose names cannot contain `:`.
 
+use std::process::ExitCode;
+
 use clap::{Parser, Subcommand};
+use shared::{config::Env, telemetry};
 use uuid::Uuid;
 
 use crate::store::{self, Review, Status};
@@ -60,9 +63,35 @@ pub enum Command {
     },
 }
 
+/// A review command's whole `main`: it talks to a person at a terminal, so its error is a plain
+/// line with each cause once (not a log line), and a configuration error exits 2, as the
+/// service's does.
+pub async fn main(command: Command) -> ExitCode {
+    let telemetry = match telemetry::init(crate::SERVICE.name) {
+        Ok(telemetry) => telemetry,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match crate::Config::from_env(&Env::from_process()) {
+        Ok(config) => run(command, &config).await,
+        Err(err) => {
+            eprintln!("{err}");
+            telemetry.shutdown().await;
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(err) = &result {
+        eprintln!("error: {}", telemetry::error_chain(err));
+    }
+    telemetry.shutdown().await;
+    if result.is_ok() { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+}
+
 /// Runs a review command against the database in `DATABASE_URL`, printing JSON.
 pub async fn run(command: Command, config: &crate::Config) -> anyhow::Result<()> {
-    let pool = crate::connect_database(&config.database).await?;
+    let pool = crate::SERVICE.connect_database(&config.service.database).await?;
     let output = match command {
         Command::List { status, limit, cursor } => {
             let items = store::list(&pool, status, cursor, limit.clamp(1, crate::routes::MAX_PAGE)).await?;

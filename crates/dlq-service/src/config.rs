@@ -1,28 +1,27 @@
 //! dlq-service's configuration: environment variables with local defaults.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
+use crate::console::ConsoleSettings;
 use shared::{
-    config::{ConfigError, ConsumerSettings, DatabaseConfig, Env, GivesUp, NatsConfig, RelaySettings},
+    config::{ConfigError, Env},
     http::OperatorAuth,
+    messaging::consumer::{ConsumerSettings, GivesUp},
+    service::ServiceSettings,
 };
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `HTTP_ADDR` (default `127.0.0.1:8082`): the review API and health.
-    pub http_addr: SocketAddr,
-    pub database: DatabaseConfig,
-    pub nats: NatsConfig,
-    /// `OUTBOX_*`: the relay that publishes `order_events.dead_lettered` and replays.
-    pub relay: RelaySettings,
+    /// `HTTP_ADDR` (default `127.0.0.1:8082`: the review API and health), Postgres, NATS,
+    /// `OUTBOX_*` (the relay that publishes `order_events.dead_lettered` and replays) and
+    /// `LAG_POLL_INTERVAL` (how often the capture consumer's lag and the number of dead
+    /// letters waiting for review are refreshed for /metrics).
+    pub service: ServiceSettings,
     /// `DLQ_*`: the durable consumer of `orders_unprocessed`. It never gives up on a message
     /// ([`GivesUp::Never`]): what it cannot read it records as it is, so what fails is Postgres
     /// or NATS, and a dead letter must not be lost because they were away for a while. There
     /// is no `DLQ_MAX_DELIVER`.
     pub capture: ConsumerSettings,
-    /// `LAG_POLL_INTERVAL`: how often the capture consumer's lag and the number of dead
-    /// letters waiting for review are refreshed for /metrics.
-    pub lag_poll_interval: Duration,
     /// `DLQ_SWEEP_INTERVAL` (default `60s`): how often the sweep looks for messages whose
     /// deliveries ran out but whose advisory never arrived (see [`crate::sweep`]), and prunes
     /// old last-error notes.
@@ -34,6 +33,8 @@ pub struct Config {
     /// review API (see [`shared::http::auth`]). Unset is allowed here, for the command line,
     /// which does not serve it; the service refuses to start without it.
     pub operator_auth: OperatorAuth,
+    /// `CONSOLE_*`: the review console's sessions and links (see [`ConsoleSettings`]).
+    pub console: ConsoleSettings,
 }
 
 impl Config {
@@ -58,12 +59,8 @@ impl Config {
             )?
         };
         Ok(Self {
-            http_addr: env.socket_addr("HTTP_ADDR", "127.0.0.1:8082")?,
-            database: DatabaseConfig::from_env(env)?,
-            nats: NatsConfig::from_env(env)?,
-            relay: RelaySettings::from_env(env)?,
+            service: ServiceSettings::from_env(env, "127.0.0.1:8082")?,
             capture,
-            lag_poll_interval: env.duration("LAG_POLL_INTERVAL", Duration::from_secs(2))?,
             sweep_interval: positive(env, "DLQ_SWEEP_INTERVAL", Duration::from_secs(60))?,
             last_error_retention: positive(
                 env,
@@ -71,6 +68,7 @@ impl Config {
                 Duration::from_secs(14 * 24 * 3600),
             )?,
             operator_auth: OperatorAuth::from_env(env)?,
+            console: ConsoleSettings::from_env(env)?,
         })
     }
 }
@@ -90,7 +88,7 @@ mod tests {
     #[test]
     fn capture_never_gives_up() {
         let config = Config::from_env(&Env::from_pairs([])).unwrap();
-        assert_eq!(config.http_addr.port(), 8082);
+        assert_eq!(config.service.http_addr.port(), 8082);
         assert_eq!(config.capture.name, "dlq-service");
         assert_eq!(config.capture.gives_up, GivesUp::Never);
         assert_eq!(config.capture.jetstream_max_deliver(), -1, "no MAX_DELIVERIES advisory, ever");

@@ -12,43 +12,39 @@
 //! - [`sweep`]: dead letters whose advisory was lost; pruning of last-error notes.
 //! - [`store`]: the table: record, list, replay, discard.
 //! - [`routes`]: the HTTP review API, for operators with a token.
+//! - [`console`]: the same review in a browser, under `/console/` (sign-in, HTML pages).
+//! - [`review`]: replay and discard, the one path both of them take.
 //! - [`cli`]: the same review actions from the command line.
 //! - [`Application`]: wiring: build, then run until stopped.
 
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod console;
+pub mod review;
 pub mod routes;
 pub mod store;
 pub mod sweep;
 
 use std::{net::SocketAddr, time::Duration};
 
-use anyhow::Context;
+use contract::streams::UNPROCESSED_STREAM;
 use shared::{
-    config::DatabaseConfig,
-    db,
-    metrics::LagMonitor,
-    outbox::{OutboxRelay, OutboxWaker},
-    puller::Puller,
-    shutdown::Tasks,
-    topology::{self, UNPROCESSED_STREAM},
+    messaging::{outbox::OutboxWaker, puller::Puller, topology},
+    service::{Runtime, Service},
 };
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
 
 /// The Postgres schema dlq-service owns.
-pub const SCHEMA: &str = "dlq";
+pub const SCHEMA: &str = contract::schemas::DLQ;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/dlq-service");
 
-/// Connects to Postgres and brings the `dlq` schema up to date.
-pub async fn connect_database(config: &DatabaseConfig) -> Result<PgPool, db::DbError> {
-    db::connect_and_migrate(config, "dlq-service", SCHEMA, &MIGRATIONS).await
-}
+/// dlq-service, as the platform knows it.
+pub static SERVICE: Service = Service { name: "dlq-service", schema: SCHEMA, migrations: &MIGRATIONS };
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -57,15 +53,15 @@ pub struct AppState {
     pub outbox: OutboxWaker,
     /// Who may call the review API.
     pub operator_auth: shared::http::OperatorAuth,
+    /// The review console's session key and links.
+    pub console: console::ConsoleSettings,
 }
 
 /// A built dlq-service: connected, migrated, topology declared, listener bound.
 #[derive(Debug)]
 pub struct Application {
-    listener: TcpListener,
+    runtime: Runtime,
     state: AppState,
-    relay: OutboxRelay,
-    lag_monitor: LagMonitor,
     capture: capture::Capture,
     consumer: async_nats::jetstream::consumer::PullConsumer,
     config: Config,
@@ -75,56 +71,49 @@ impl Application {
     pub async fn build(config: Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
         // Before anything is reached: the review API shows customers' payloads and replays them.
         config.operator_auth.ensure_configured()?;
-        config.operator_auth.log_at_start_up("/dead-letters");
-        let pool = connect_database(&config.database).await?;
-        let (client, jetstream) = shared::nats::connect(&config.nats, "dlq-service", shutdown)
-            .await
-            .context("stopped before NATS was reachable")?;
-        topology::ensure_streams(&jetstream, &config.nats).await?;
+        config.operator_auth.log_at_start_up("/dead-letters, /console");
+        if config.console.session_key_generated {
+            tracing::info!(
+                "console sessions are signed with a key made at start-up: they end when this process does \
+                 (set CONSOLE_SESSION_KEY to keep them across restarts and replicas)"
+            );
+        }
+        let runtime =
+            SERVICE.start(&config.service, (UNPROCESSED_STREAM, &config.capture.name), shutdown).await?;
+        let (pool, jetstream) = (runtime.pool.clone(), runtime.jetstream.clone());
         let consumer = topology::ensure_consumer(&jetstream, UNPROCESSED_STREAM, "", &config.capture).await?;
-        shared::metrics::install();
         store::register_metrics();
-        let lag_monitor = LagMonitor::new(
-            jetstream.clone(),
-            UNPROCESSED_STREAM,
-            &config.capture.name,
-            config.lag_poll_interval,
-        );
-        let relay = OutboxRelay::new(pool.clone(), jetstream.clone(), config.relay.clone());
-        let capture = capture::Capture { pool: pool.clone(), jetstream, outbox: relay.waker() };
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
+        let capture = capture::Capture { pool: pool.clone(), jetstream, outbox: runtime.outbox() };
         let state = AppState {
             pool,
-            nats: client,
-            outbox: relay.waker(),
+            nats: runtime.nats.clone(),
+            outbox: runtime.outbox(),
             operator_auth: config.operator_auth.clone(),
+            console: config.console.clone(),
         };
-        Ok(Self { listener, state, relay, lag_monitor, capture, consumer, config })
+        Ok(Self { runtime, state, capture, consumer, config })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.runtime.local_addr()
     }
 
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "dlq-service listening");
-        let mut tasks = Tasks::new(shutdown);
-        tasks.serve_http(self.listener, routes::router(self.state.clone()));
-        tasks.spawn_with_shutdown("outbox relay", |stop| self.relay.run(stop));
-        let ack_wait = self.config.capture.backoff[0];
-        let puller = Puller::new(self.capture.jetstream.clone(), self.consumer, &self.config.capture);
-        let (sweep, every, retention) =
-            (self.capture.clone(), self.config.sweep_interval, self.config.last_error_retention);
-        tasks.spawn_with_shutdown("sweep", move |stop| sweep::run(sweep, every, retention, stop));
-        tasks.spawn_with_shutdown("capture", |stop| self.capture.run(puller, ack_wait, stop));
-        tasks.spawn_with_shutdown("lag monitor", |stop| self.lag_monitor.run(stop));
-        let (pool, every) = (self.state.pool.clone(), self.config.lag_poll_interval);
-        tasks.spawn_with_shutdown("review backlog", move |stop| store::watch_pending(pool, every, stop));
-        let result = tasks.run_until_stopped(Duration::from_secs(15)).await;
-        shared::nats::flush_before_exit(&self.state.nats, Duration::from_secs(2)).await;
-        result
+        tracing::info!(addr = %self.local_addr(), console = %format!("http://{}/console/", self.local_addr()), "dlq-service listening");
+        let Self { runtime, state, capture, consumer, config } = self;
+        let ack_wait = config.capture.backoff[0];
+        let puller = Puller::new(capture.jetstream.clone(), consumer, &config.capture);
+        let (sweep, every, retention) = (capture.clone(), config.sweep_interval, config.last_error_retention);
+        let (pool, poll) = (state.pool.clone(), config.service.lag_poll_interval);
+        runtime
+            .run(shutdown, routes::router(state), Duration::from_secs(15), move |tasks| {
+                tasks.spawn_with_shutdown("sweep", move |stop| sweep::run(sweep, every, retention, stop));
+                tasks.spawn_with_shutdown("capture", |stop| capture.run(puller, ack_wait, stop));
+                tasks.spawn_with_shutdown("review backlog", move |stop| {
+                    store::watch_pending(pool, poll, stop)
+                });
+            })
+            .await
     }
 }
 

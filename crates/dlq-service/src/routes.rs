@@ -11,6 +11,9 @@
 //! [`shared::http::auth`]): dead letters hold customers' orders. The reviewer recorded on a
 //! replay or discard is the token's name. A body that names one (`"by"`) is refused with 422
 //! rather than ignored, so a client written for the old API learns that its name is not used.
+//!
+//! The review console's pages (`/console/…`, [`crate::console`]) are served by the same router;
+//! both take their review actions through [`crate::review`].
 
 use axum::{
     Json, Router,
@@ -25,12 +28,13 @@ use uuid::Uuid;
 
 use crate::{
     AppState,
+    review::{self, checked_reason},
     store::{self, DeadLetter, Review, ReviewError, Status},
 };
 
 pub const DEFAULT_PAGE: i64 = 50;
 pub const MAX_PAGE: i64 = 200;
-pub const MAX_REASON_LEN: usize = 500;
+pub use crate::review::MAX_REASON_LEN;
 
 /// Review bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -42,7 +46,9 @@ pub fn router(state: AppState) -> Router {
         .route("/dead-letters/{id}/replay", post(replay))
         .route("/dead-letters/{id}/discard", post(discard));
     // Every route above is for operators; /readyz (and /healthz, /metrics) stay open to probes.
-    let api = state.operator_auth.protect(review).route("/readyz", get(readyz));
+    // The console does its own authentication: a session cookie or the same bearer tokens.
+    let api =
+        state.operator_auth.protect(review).route("/readyz", get(readyz)).merge(crate::console::router());
     // A review is a reason and a name: a few hundred bytes.
     shared::http::service_routes(shared::http::body_limit(api, MAX_BODY_BYTES)).with_state(state)
 }
@@ -115,10 +121,8 @@ async fn replay(
 ) -> Result<Json<DeadLetter>, Problem> {
     let id = parse_id(&id)?;
     let body = body.map(|JsonBody(b)| b).unwrap_or_default();
-    let review = review(body, operator, false)?;
-    let letter = store::replay(&app.pool, id, &review).await.map_err(review_problem)?;
-    app.outbox.wake();
-    tracing::info!(dead_letter = %id, by = %review.by, "replayed");
+    let review = review_of(body, operator, false)?;
+    let letter = review::replay(&app, id, &review).await.map_err(review_problem)?;
     Ok(Json(letter))
 }
 
@@ -130,14 +134,13 @@ async fn discard(
     JsonBody(body): JsonBody<ReviewBody>,
 ) -> Result<Json<DeadLetter>, Problem> {
     let id = parse_id(&id)?;
-    let review = review(body, operator, true)?;
-    let letter = store::discard(&app.pool, id, &review).await.map_err(review_problem)?;
-    tracing::info!(dead_letter = %id, by = %review.by, reason = review.reason.as_deref().unwrap_or(""), "discarded");
+    let review = review_of(body, operator, true)?;
+    let letter = review::discard(&app, id, &review).await.map_err(review_problem)?;
     Ok(Json(letter))
 }
 
 /// The review of `operator`: the reviewer recorded is always the token's name.
-fn review(body: ReviewBody, operator: Operator, reason_required: bool) -> Result<Review, Problem> {
+fn review_of(body: ReviewBody, operator: Operator, reason_required: bool) -> Result<Review, Problem> {
     let mut errors = Vec::new();
     if body.by {
         errors.push(FieldError::pointer(
@@ -145,20 +148,10 @@ fn review(body: ReviewBody, operator: Operator, reason_required: bool) -> Result
             "is not accepted: the reviewer recorded is the operator whose token authenticated the request",
         ));
     }
-    // Valid JSON, but Postgres text cannot hold it: refused here rather than failing there.
-    if body.reason.as_deref().is_some_and(|v| v.contains('\0')) {
-        errors.push(FieldError::pointer("#/reason", "must not contain the NUL character (\\u0000)"));
-    }
-    if !errors.is_empty() {
-        return Err(Problem::validation(errors));
-    }
-    let reason = body.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
-    match &reason {
-        None if reason_required => errors.push(FieldError::pointer("#/reason", "is required: say why")),
-        Some(r) if r.chars().count() > MAX_REASON_LEN => errors
-            .push(FieldError::pointer("#/reason", format!("must be at most {MAX_REASON_LEN} characters"))),
-        _ => {}
-    }
+    let reason = checked_reason(body.reason.as_deref(), reason_required)
+        .map_err(|rule| errors.push(FieldError::pointer("#/reason", rule)))
+        .ok()
+        .flatten();
     if errors.is_empty() {
         Ok(Review { by: operator.name, reason })
     } else {

@@ -22,13 +22,13 @@ use std::{borrow::Cow, collections::BTreeMap};
 
 use base64::{Engine, engine::general_purpose::STANDARD as BASE64};
 use chrono::{DateTime, Utc};
+use contract::{
+    events::{OrderDeadLettered, PAYLOAD_VERSION},
+    streams::ORDERS_STREAM,
+};
 use opentelemetry::trace::TraceContextExt;
 use serde::Serialize;
-use shared::{
-    messages::{OrderDeadLettered, OutgoingMessage, PAYLOAD_VERSION},
-    outbox,
-    topology::ORDERS_STREAM,
-};
+use shared::messaging::{envelope::OutgoingMessage, outbox};
 use sqlx::{PgConnection, PgPool, types::Json};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -97,6 +97,8 @@ pub struct NewDeadLetter {
 pub struct DeadLetter {
     pub id: Uuid,
     pub status: Status,
+    /// `exhausted`, `gone`, `poison` or `unrecognised` (see [`NewDeadLetter::kind`]).
+    pub kind: String,
     pub source_stream: String,
     pub source_sequence: i64,
     pub subject: Option<String>,
@@ -125,7 +127,8 @@ pub struct DeadLetter {
     pub updated_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, status, source_stream, source_sequence, subject, message_id, order_id, consumer,
+const COLUMNS: &str =
+    "id, status, kind, source_stream, source_sequence, subject, message_id, order_id, consumer,
     deliveries, reason, last_error, payload_json AS payload, payload AS payload_raw, headers,
     first_seen_at, failed_at, trace_id, status_changed_by, status_reason, created_at, updated_at";
 
@@ -181,8 +184,8 @@ pub async fn record(tx: &mut PgConnection, letter: &NewDeadLetter) -> Result<Opt
     let last_error = text(&letter.last_error).or(noted);
     let inserted: Option<Uuid> = sqlx::query_scalar(
         "INSERT INTO dead_letters (id, source_stream, source_sequence, subject, message_id, order_id, payload,
-             payload_json, headers, consumer, deliveries, reason, last_error, first_seen_at, failed_at, trace_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+             payload_json, headers, consumer, deliveries, reason, last_error, first_seen_at, failed_at, trace_id, kind)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
          ON CONFLICT (source_stream, source_sequence) DO NOTHING
          RETURNING id",
     )
@@ -202,6 +205,7 @@ pub async fn record(tx: &mut PgConnection, letter: &NewDeadLetter) -> Result<Opt
     .bind(letter.first_seen_at)
     .bind(letter.failed_at)
     .bind(text(&letter.trace_id))
+    .bind(letter.kind)
     .fetch_optional(&mut *tx)
     .await?;
     // The note, if any, is in the row now.
@@ -330,18 +334,84 @@ pub async fn list(
     before: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    list_matching(pool, &Filter { status, text: None }, before, limit).await
+}
+
+/// Which dead letters a list (or a bulk review) is about.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub status: Option<Status>,
+    /// Text that the reason or the last error contains (case-sensitive), e.g. one error message.
+    pub text: Option<String>,
+}
+
+/// Like [`list`], for the dead letters that match `filter`.
+pub async fn list_matching(
+    pool: &PgPool,
+    filter: &Filter,
+    before: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
     let sql = format!(
         "SELECT {COLUMNS} FROM dead_letters
          WHERE ($1::text IS NULL OR status = $1) AND ($2::uuid IS NULL OR id < $2)
+           AND ($4::text IS NULL OR strpos(reason, $4) > 0 OR strpos(last_error, $4) > 0)
          ORDER BY id DESC LIMIT $3"
     );
     let rows: Vec<DeadLetter> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(status)
+        .bind(filter.status)
         .bind(before)
         .bind(limit)
+        .bind(filter.text.as_deref().map(pg_text))
         .fetch_all(pool)
         .await?;
     Ok(rows.into_iter().map(DeadLetter::finish).collect())
+}
+
+/// How many dead letters have each status (a status with none is absent).
+pub async fn count_by_status(pool: &PgPool) -> Result<Vec<(Status, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT status, count(*) FROM dead_letters GROUP BY status ORDER BY status")
+        .fetch_all(pool)
+        .await
+}
+
+/// How many pending dead letters match `text` (as in [`Filter::text`]), and the newest of them:
+/// what a reviewer confirms before a bulk review.
+pub async fn count_pending_matching(
+    pool: &PgPool,
+    text: Option<&str>,
+) -> Result<(i64, Option<Uuid>), sqlx::Error> {
+    sqlx::query_as(
+        "WITH matching AS (
+             SELECT id FROM dead_letters
+             WHERE status = 'pending' AND ($1::text IS NULL OR strpos(reason, $1) > 0 OR strpos(last_error, $1) > 0))
+         SELECT (SELECT count(*) FROM matching), (SELECT id FROM matching ORDER BY id DESC LIMIT 1)",
+    )
+    .bind(text.map(pg_text))
+    .fetch_one(pool)
+    .await
+}
+
+/// The pending dead letters that match `text` (as in [`Filter::text`]) and are no newer than
+/// `upto`, oldest first, at most `limit`: the selection of a bulk review. `upto` is the newest
+/// one the reviewer was shown, so a dead letter recorded while they decided is not swept in.
+pub async fn pending_matching(
+    pool: &PgPool,
+    text: Option<&str>,
+    upto: Uuid,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT id FROM dead_letters
+         WHERE status = 'pending' AND id <= $1
+           AND ($2::text IS NULL OR strpos(reason, $2) > 0 OR strpos(last_error, $2) > 0)
+         ORDER BY id LIMIT $3",
+    )
+    .bind(upto)
+    .bind(text.map(pg_text))
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<DeadLetter>, sqlx::Error> {
@@ -392,14 +462,14 @@ async fn replay_in(
 ) -> Result<DeadLetter, ReviewError> {
     let mut tx = pool.begin().await?;
     let letter = lock_pending(&mut tx, id).await?;
-    let original = shared::messages::header_map(&letter.headers);
-    span.add_link(shared::propagation::extract(Some(&original)).span().span_context().clone());
+    let original = shared::messaging::envelope::nats_header_map(&letter.headers);
+    span.add_link(shared::telemetry::propagation::extract(Some(&original)).span().span_context().clone());
     let (Some(subject), Some(payload)) = (letter.subject.clone(), letter.payload_raw.clone()) else {
         return Err(ReviewError::NothingToReplay(id));
     };
     let message_id = letter.message_id.unwrap_or_else(Uuid::now_v7);
     let mut headers = letter.headers.clone();
-    headers.insert(shared::messages::headers::ID.to_owned(), message_id.to_string());
+    headers.insert(contract::headers::ID.to_owned(), message_id.to_string());
     let message =
         OutgoingMessage { subject, message_id, dedupe_id: Uuid::now_v7().to_string(), headers, payload };
     outbox::enqueue(&mut tx, &[message]).await?;

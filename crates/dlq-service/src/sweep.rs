@@ -35,7 +35,7 @@
 //! cheap per-message delivery state to tell a dead event from a processed one. That is why the
 //! projection does not leave giving up to JetStream: its consumer has no delivery limit, and
 //! on its last attempt it copies the event to the dead-letter stream itself, then terminates
-//! it ([`shared::config::GivesUp::Consumer`]), so there is no advisory to lose. (A consumer of
+//! it ([`shared::messaging::consumer::GivesUp::Consumer`]), so there is no advisory to lose. (A consumer of
 //! `order_events` that does leave it to JetStream has its advisories captured too, but one
 //! lost there is not recovered: do as the projection does.)
 //!
@@ -46,8 +46,8 @@ use std::{collections::HashMap, time::Duration};
 
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use chrono::Utc;
+use contract::streams::ORDERS_STREAM;
 use futures::TryStreamExt;
-use shared::topology::ORDERS_STREAM;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 

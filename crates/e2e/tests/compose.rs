@@ -1,7 +1,9 @@
 //! compose.yaml, checked without a container engine: against the compose specification, and
 //! against the code it deploys (variables, ports, health paths, binaries, metric names in the
 //! dashboard). These run in seconds with every `scripts/test`; `scripts/test-compose` runs the
-//! file for real and checks the running system.
+//! file for real and checks the running system. compose.cluster.yaml, the overlay for a NATS
+//! cluster, is checked the same way (the specification, its routes, every service's settings);
+//! nothing runs it yet.
 #![allow(clippy::unwrap_used)] // A test that cannot go on should panic, loudly.
 
 use std::{
@@ -20,11 +22,28 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-/// A YAML file as JSON, with its `<<` merge keys applied, as compose applies them.
+/// A YAML file as JSON, with its `<<` merge keys applied, as compose applies them, and its
+/// `!reset` and `!override` tags read as compose reads them in an override file (the key left
+/// out; the value as written).
 fn yaml(path: &str) -> Value {
     let mut value: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read(path)).unwrap();
     value.apply_merge().unwrap();
-    serde_json::to_value(value).unwrap()
+    serde_json::to_value(untagged(value)).unwrap()
+}
+
+fn untagged(value: serde_yaml_ng::Value) -> serde_yaml_ng::Value {
+    use serde_yaml_ng::Value as Yaml;
+    match value {
+        Yaml::Tagged(tagged) => untagged(tagged.value),
+        Yaml::Sequence(items) => Yaml::Sequence(items.into_iter().map(untagged).collect()),
+        Yaml::Mapping(map) => Yaml::Mapping(
+            map.into_iter()
+                .filter(|(_, v)| !matches!(v, Yaml::Tagged(t) if t.tag == "reset"))
+                .map(|(k, v)| (k, untagged(v)))
+                .collect(),
+        ),
+        other => other,
+    }
 }
 
 fn service<'a>(compose: &'a Value, name: &str) -> &'a Value {
@@ -56,12 +75,21 @@ fn interpolate(value: &str) -> String {
     out
 }
 
+/// Loads service `name`'s configuration from `env`, as it does at start-up.
+fn load_config(name: &str, env: &Env) -> Result<(), String> {
+    match name {
+        "order-api" => order_api::Config::from_env(env).map(drop).map_err(|e| e.to_string()),
+        "inventory-worker" => inventory_worker::Config::from_env(env).map(drop).map_err(|e| e.to_string()),
+        _ => dlq_service::Config::from_env(env).map(drop).map_err(|e| e.to_string()),
+    }
+}
+
 fn port_of(env: &HashMap<String, String>) -> u16 {
     env["HTTP_ADDR"].rsplit(':').next().unwrap().parse().unwrap()
 }
 
 #[test]
-fn compose_yaml_is_valid_against_the_compose_specification() {
+fn both_compose_files_are_valid_against_the_compose_specification() {
     let schema: Value = serde_json::from_str(&read(".ci/compose-spec.schema.json")).unwrap();
     // The copy in .ci/ is the one the project was given; keep it in step when that one is near.
     let given = workspace_root().join("../shared/compose-spec.schema.json");
@@ -72,11 +100,13 @@ fn compose_yaml_is_valid_against_the_compose_specification() {
             ".ci/compose-spec.schema.json is stale"
         );
     }
-    let compose = yaml("compose.yaml");
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let errors: Vec<String> =
-        validator.iter_errors(&compose).map(|e| format!("{} (at {})", e, e.instance_path())).collect();
-    assert!(errors.is_empty(), "compose.yaml breaks the compose specification:\n{}", errors.join("\n"));
+    for file in ["compose.yaml", "compose.cluster.yaml"] {
+        let compose = yaml(file);
+        let errors: Vec<String> =
+            validator.iter_errors(&compose).map(|e| format!("{} (at {})", e, e.instance_path())).collect();
+        assert!(errors.is_empty(), "{file} breaks the compose specification:\n{}", errors.join("\n"));
+    }
 }
 
 #[test]
@@ -87,12 +117,7 @@ fn every_variable_compose_sets_for_a_service_is_one_the_service_reads_and_accept
     for name in SERVICES {
         let env_map = environment(service(&compose, name));
         let (env, asked) = Env::recording(env_map.clone());
-        let loaded = match name {
-            "order-api" => order_api::Config::from_env(&env).map(drop),
-            "inventory-worker" => inventory_worker::Config::from_env(&env).map(drop),
-            _ => dlq_service::Config::from_env(&env).map(drop),
-        };
-        loaded.unwrap_or_else(|e| panic!("{name} refuses compose's settings: {e}"));
+        load_config(name, &env).unwrap_or_else(|e| panic!("{name} refuses compose's settings: {e}"));
         shared::telemetry::export_from_env(&env).unwrap_or_else(|e| panic!("{name}: {e}"));
         let asked = asked.lock().unwrap();
         for variable in env_map.keys() {
@@ -367,5 +392,69 @@ fn each_service_logs_in_as_its_own_user_and_role_with_the_passwords_the_servers_
             service(&compose, name)["depends_on"]["db-provision"]["condition"],
             "service_completed_successfully"
         );
+    }
+}
+
+/// The NATS nodes of compose.cluster.yaml: compose service name → node name.
+const CLUSTER_NODES: [(&str, &str); 3] = [("nats", "n1"), ("nats-2", "n2"), ("nats-3", "n3")];
+
+/// A node's command-line flag value (`-n n1` → `n1`).
+fn flag<'a>(command: &'a [Value], name: &str) -> &'a str {
+    let at = command.iter().position(|a| a == name).unwrap_or_else(|| panic!("no {name} in {command:?}"));
+    command[at + 1].as_str().unwrap()
+}
+
+#[test]
+fn the_cluster_file_routes_every_nats_node_to_the_two_others_with_the_repository_configuration() {
+    let cluster = yaml("compose.cluster.yaml");
+    for (node, name) in CLUSTER_NODES {
+        let command = service(&cluster, node)["command"].as_array().unwrap().clone();
+        assert_eq!(
+            command[..2],
+            ["-c", "/etc/nats/orders.conf"],
+            "{node} runs the repository's configuration"
+        );
+        assert_eq!(flag(&command, "-n"), name);
+        assert_eq!(flag(&command, "--cluster"), "nats://0.0.0.0:6222", "{node}");
+        let mut routes: Vec<&str> = flag(&command, "--routes").split(',').collect();
+        routes.sort_unstable();
+        let mut others: Vec<String> = CLUSTER_NODES
+            .iter()
+            .filter(|(other, _)| *other != node)
+            .map(|(other, _)| format!("nats-route://{other}:6222"))
+            .collect();
+        others.sort();
+        assert_eq!(routes, others, "{node} is routed to the two others");
+    }
+}
+
+#[test]
+fn in_the_cluster_file_every_service_is_given_every_node_as_its_own_user_at_three_replicas_and_accepts_it() {
+    let base = yaml("compose.yaml");
+    let cluster = yaml("compose.cluster.yaml");
+    for (name, replica) in
+        [("order-api", "order-api-2"), ("inventory-worker", ""), ("dlq-service", "dlq-service-2")]
+    {
+        let base_env = environment(service(&base, name));
+        for in_cluster in [name, replica].into_iter().filter(|n| !n.is_empty()) {
+            let overrides = environment(service(&cluster, in_cluster));
+            let first_node = base_env["NATS_URL"].clone();
+            let mut every_node = vec![first_node];
+            every_node.extend(["nats://nats-2:4222".to_owned(), "nats://nats-3:4222".to_owned()]);
+            assert_eq!(overrides["NATS_URL"], every_node.join(","), "{in_cluster}: its own user, every node");
+            assert_eq!(overrides["STREAM_REPLICAS"], "3", "{in_cluster}");
+            let mut env_map = base_env.clone();
+            env_map.extend(overrides);
+            let env = Env::recording(env_map).0;
+            load_config(name, &env)
+                .unwrap_or_else(|e| panic!("{in_cluster} refuses the cluster's settings: {e}"));
+            for node in ["nats-2", "nats-3"] {
+                assert_eq!(
+                    service(&cluster, in_cluster)["depends_on"][node]["condition"],
+                    "service_healthy",
+                    "{in_cluster} waits for {node}"
+                );
+            }
+        }
     }
 }

@@ -197,8 +197,8 @@ async fn an_event_the_projection_gives_up_on_is_a_dead_letter_without_any_adviso
         .await
         .unwrap();
 
-    let reserved = shared::messages::OutgoingMessage::event(
-        &shared::messages::OrderReserved {
+    let reserved = shared::messaging::envelope::OutgoingMessage::event(
+        &contract::events::OrderReserved {
             version: 1,
             order_id: id.parse().unwrap(),
             items: vec![],

@@ -186,16 +186,18 @@ async fn no_one_gets_in_without_a_password() {
 async fn tables_made_as_the_superuser_are_handed_to_the_role_on_provisioning() {
     let db = TestDatabase::new();
     let config = |url: String| {
-        shared::config::DatabaseConfig::from_env(&shared::config::Env::from_pairs([(
+        shared::db::DatabaseConfig::from_env(&shared::config::Env::from_pairs([(
             "DATABASE_URL",
             url.as_str(),
         )]))
         .unwrap()
     };
-    inventory_worker::connect_database(&config(db.url())).await.unwrap().close().await;
+    inventory_worker::SERVICE.connect_database(&config(db.url())).await.unwrap().close().await;
     db.provision().await;
-    let as_role =
-        inventory_worker::connect_database(&config(db.url_as(PgRole::InventoryWorker))).await.unwrap();
+    let as_role = inventory_worker::SERVICE
+        .connect_database(&config(db.url_as(PgRole::InventoryWorker)))
+        .await
+        .unwrap();
     sqlx::query("INSERT INTO inventory (sku, available) VALUES ('HANDED-OVER', 1)")
         .execute(&as_role)
         .await

@@ -62,6 +62,17 @@ async fn every_service_serves_prometheus_text_and_the_named_series_move_with_the
         &[("messaging_operation_name", "publish")]
     ));
     assert!(value(&api, "orders_consumer_lag_pending", &[("consumer", "inventory-worker")]).is_some());
+    // Where orders wait: accepted → published, and outcome published → status visible.
+    assert!(histogram_observed(
+        &api,
+        "outbox_delay_duration_seconds",
+        &[("messaging_destination_name", "orders.new")]
+    ));
+    assert!(histogram_observed(
+        &api,
+        "messaging_consumer_delay_duration_seconds",
+        &[("messaging_consumer_group_name", "order-api-projection")]
+    ));
     let projected = value(
         &api,
         "messaging_client_consumed_messages_total",
@@ -78,6 +89,17 @@ async fn every_service_serves_prometheus_text_and_the_named_series_move_with_the
     assert_eq!(consumed("failed"), Some(1.0 + 5.0), "FLAKY once, FAIL five times");
     assert!(histogram_observed(&worker, "messaging_process_duration_seconds", &[("outcome", "reserved")]));
     assert!(histogram_observed(&worker, "messaging_batch_size", &[]));
+    // Where orders wait: published → worker committed, and worker committed → outcome published.
+    assert!(histogram_observed(
+        &worker,
+        "messaging_consumer_delay_duration_seconds",
+        &[("messaging_consumer_group_name", "inventory-worker")]
+    ));
+    assert!(histogram_observed(
+        &worker,
+        "outbox_delay_duration_seconds",
+        &[("messaging_destination_name", "order_events.reserved")]
+    ));
     assert!(value(&worker, "orders_consumer_lag_ack_pending", &[("consumer", "inventory-worker")]).is_some());
     assert!(value(&worker, "orders_consumer_lag_redelivered", &[("consumer", "inventory-worker")]).is_some());
 

@@ -162,7 +162,8 @@ async fn a_few_hundred_concurrent_orders_all_reach_their_final_status_and_stock_
             .unwrap();
     assert_eq!(sent.len(), 5);
     for (subject, headers, payload) in sent {
-        let headers = shared::messages::nats_headers(&headers.0, &uuid::Uuid::now_v7().to_string());
+        let headers =
+            shared::messaging::envelope::nats_headers(&headers.0, &uuid::Uuid::now_v7().to_string());
         let ack = js.publish_with_headers(subject, headers, payload.into()).await.unwrap().await.unwrap();
         assert!(!ack.duplicate, "stored again by the broker");
     }

@@ -1,27 +1,23 @@
 //! inventory-worker's configuration: environment variables with local defaults.
 
-use std::{net::SocketAddr, time::Duration};
-
 use shared::{
-    config::{ConfigError, ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings},
+    config::{ConfigError, Env},
     http::OperatorAuth,
+    messaging::consumer::ConsumerSettings,
+    service::ServiceSettings,
 };
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `HTTP_ADDR` (default `127.0.0.1:8081`): health and the stock API.
-    pub http_addr: SocketAddr,
-    pub database: DatabaseConfig,
-    pub nats: NatsConfig,
-    /// `OUTBOX_*`: the relay that publishes outcome events.
-    pub relay: RelaySettings,
+    /// `HTTP_ADDR` (default `127.0.0.1:8081`: health and the stock API), Postgres, NATS,
+    /// `OUTBOX_*` (the relay that publishes outcome events) and `LAG_POLL_INTERVAL` (how often
+    /// the consumer's lag is read from JetStream for /metrics).
+    pub service: ServiceSettings,
     /// `WORKER_*`: the durable consumer of `orders.new` shared by every worker process.
     pub consumer: ConsumerSettings,
     /// `INVENTORY_FAILURE_RATE` (0.0–1.0): share of deliveries failed at random, to watch
     /// redelivery happen.
     pub failure_rate: f64,
-    /// `LAG_POLL_INTERVAL`: how often the consumer's lag is read from JetStream for /metrics.
-    pub lag_poll_interval: Duration,
     /// `OPERATOR_TOKENS`, `OPERATOR_TOKENS_FILE` or `OPERATOR_AUTH=disabled`: who may set stock
     /// with `PUT /inventory/{sku}` (see [`shared::http::auth`]). Required: the worker refuses
     /// to start without one of them.
@@ -31,13 +27,9 @@ pub struct Config {
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            http_addr: env.socket_addr("HTTP_ADDR", "127.0.0.1:8081")?,
-            database: DatabaseConfig::from_env(env)?,
-            nats: NatsConfig::from_env(env)?,
-            relay: RelaySettings::from_env(env)?,
+            service: ServiceSettings::from_env(env, "127.0.0.1:8081")?,
             consumer: ConsumerSettings::from_env(env, "WORKER", "inventory-worker")?,
             failure_rate: env.fraction("INVENTORY_FAILURE_RATE", 0.0)?,
-            lag_poll_interval: env.duration("LAG_POLL_INTERVAL", Duration::from_secs(2))?,
             operator_auth: OperatorAuth::from_env(env)?,
         })
     }
@@ -56,7 +48,7 @@ mod tests {
     #[test]
     fn defaults_work_locally() {
         let config = Config::from_env(&Env::from_pairs([])).unwrap();
-        assert_eq!(config.http_addr.port(), 8081);
+        assert_eq!(config.service.http_addr.port(), 8081);
         assert_eq!(config.consumer.name, "inventory-worker");
         assert_eq!(config.failure_rate, 0.0);
     }

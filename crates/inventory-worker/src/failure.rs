@@ -5,7 +5,7 @@
 //! - a SKU starting with `FLAKY-` fails its first delivery only (retried, then reserved);
 //! - `INVENTORY_FAILURE_RATE` fails that share of all deliveries at random.
 
-use shared::messages::OrderPlaced;
+use contract::events::OrderPlaced;
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FailureInjection {
@@ -15,11 +15,11 @@ pub struct FailureInjection {
 impl FailureInjection {
     /// The reason this delivery (`attempt`, 1-based) must fail, if it must.
     pub fn check(&self, order: &OrderPlaced, attempt: u64) -> Option<String> {
-        if let Some(item) = order.items.iter().find(|i| i.sku.starts_with("FAIL-")) {
+        if let Some(item) = order.items.iter().find(|i| i.sku.as_str().starts_with("FAIL-")) {
             return Some(format!("injected failure: {} fails every delivery", item.sku));
         }
         if attempt == 1
-            && let Some(item) = order.items.iter().find(|i| i.sku.starts_with("FLAKY-"))
+            && let Some(item) = order.items.iter().find(|i| i.sku.as_str().starts_with("FLAKY-"))
         {
             return Some(format!("injected failure: {} fails its first delivery", item.sku));
         }
@@ -33,10 +33,10 @@ impl FailureInjection {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use shared::messages::OrderItem;
+    use contract::events::OrderItem;
 
     fn order(skus: &[&str]) -> OrderPlaced {
-        OrderPlaced::new("c", skus.iter().map(|sku| OrderItem::new(*sku, 1)).collect())
+        OrderPlaced::new("c", skus.iter().map(|sku| OrderItem::new(sku, 1)).collect())
     }
 
     #[test]

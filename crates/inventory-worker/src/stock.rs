@@ -11,11 +11,9 @@ use axum::{
     routing::{get, put},
 };
 use chrono::{DateTime, Utc};
+use contract::identifier::Sku;
 use serde::{Deserialize, Serialize};
-use shared::{
-    http::{FieldError, JsonBody, Operator, PathParam, Problem},
-    messages::check_identifier,
-};
+use shared::http::{FieldError, JsonBody, Operator, PathParam, Problem};
 
 use crate::AppState;
 
@@ -46,9 +44,9 @@ pub fn router(state: AppState) -> Router {
     shared::http::service_routes(shared::http::body_limit(api, MAX_BODY_BYTES)).with_state(state)
 }
 
-fn checked_sku(sku: String) -> Result<String, Problem> {
-    check_identifier(&sku).map_err(|p| Problem::bad_request(FieldError::parameter("sku", p)))?;
-    Ok(sku)
+/// The path's SKU, or a 400 naming the parameter and the rule it breaks.
+fn checked_sku(sku: String) -> Result<Sku, Problem> {
+    Sku::parse(sku).map_err(|p| Problem::bad_request(FieldError::parameter("sku", p)))
 }
 
 async fn get_stock(
@@ -57,7 +55,7 @@ async fn get_stock(
 ) -> Result<Json<StockView>, Problem> {
     let sku = checked_sku(sku)?;
     sqlx::query_as("SELECT sku, available, reserved, updated_at FROM inventory WHERE sku = $1")
-        .bind(&sku)
+        .bind(sku.as_str())
         .fetch_optional(&app.pool)
         .await?
         .map(Json)
@@ -89,7 +87,7 @@ async fn set_stock(
          ON CONFLICT (sku) DO UPDATE SET available = EXCLUDED.available, updated_at = now()
          RETURNING sku, available, reserved, updated_at",
     )
-    .bind(&sku)
+    .bind(sku.as_str())
     .bind(available)
     .fetch_one(&app.pool)
     .await?;

@@ -2,7 +2,7 @@
 //!
 //! Every flag can also be set by an environment variable (clap's `env`), which is how compose
 //! configures it: `ORDER_API_URL`, `LOADGEN_RATE`, `LOADGEN_DURATION`, `LOADGEN_COUNT`,
-//! `LOADGEN_CONCURRENCY`, `LOADGEN_MIX`, `LOADGEN_WAIT`, `LOADGEN_QUIET`. A flag wins over
+//! `LOADGEN_CONCURRENCY`, `LOADGEN_MIX`, `LOADGEN_WAIT`, `LOADGEN_QUIET`, `LOADGEN_RECORD`. A flag wins over
 //! its variable.
 
 use std::time::Duration;
@@ -94,7 +94,7 @@ pub struct Cli {
     #[arg(long, env = "LOADGEN_RATE", default_value = "20", value_parser = parse_rate)]
     pub rate: f64,
     /// How long to place orders, e.g. 30s, 2m.
-    #[arg(long, env = "LOADGEN_DURATION", default_value = "30s", value_parser = shared::config::parse_duration)]
+    #[arg(long, env = "LOADGEN_DURATION", default_value = "30s", value_parser = contract::duration::parse_duration)]
     pub duration: Duration,
     /// Place exactly this many orders instead (still paced by --rate).
     #[arg(long, env = "LOADGEN_COUNT", conflicts_with = "duration", value_parser = clap::value_parser!(u64).range(1..))]
@@ -107,12 +107,16 @@ pub struct Cli {
     #[arg(long, env = "LOADGEN_MIX", default_value = Mix::DEFAULT)]
     pub mix: Mix,
     /// How long to wait for final statuses after the last order is placed.
-    #[arg(long, env = "LOADGEN_WAIT", default_value = "60s", value_parser = shared::config::parse_duration)]
+    #[arg(long, env = "LOADGEN_WAIT", default_value = "60s", value_parser = contract::duration::parse_duration)]
     pub wait: Duration,
     /// No progress display, only the summary.
     // The variable takes 1/0, true/false, yes/no or on/off.
     #[arg(long, env = "LOADGEN_QUIET", value_parser = clap::builder::BoolishValueParser::new())]
     pub quiet: bool,
+    /// Also append the summary's figures to this file, as one line of key=value words (for
+    /// scripts/bench).
+    #[arg(long, env = "LOADGEN_RECORD")]
+    pub record: Option<std::path::PathBuf>,
 }
 
 impl Cli {

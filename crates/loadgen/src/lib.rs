@@ -12,8 +12,8 @@
 //! request, with the same key, again.
 //!
 //! ```sh
-//! cargo run -p loadgen -- --rate 50 --duration 30s
-//! cargo run -p loadgen -- --count 200 --mix ordinary=1,repeat=1 --quiet
+//! cargo run --bin loadgen -- --rate 50 --duration 30s
+//! cargo run --bin loadgen -- --count 200 --mix ordinary=1,repeat=1 --quiet
 //! ```
 //!
 //! # Layout

@@ -6,7 +6,7 @@ use anyhow::Context;
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
     task::JoinSet,
-    time::{Instant, MissedTickBehavior},
+    time::Instant,
 };
 use uuid::Uuid;
 
@@ -30,11 +30,7 @@ pub async fn place_orders(
 ) -> anyhow::Result<()> {
     let in_flight = Arc::new(Semaphore::new(config.concurrency));
     let started = Instant::now();
-    // The first tick completes at once, each later one `1 / rate` after the one before.
-    let mut ticks = tokio::time::interval_at(started, Duration::from_secs_f64(1.0 / config.rate));
-    // When loadgen falls behind (every permit taken: the API is slow or asked us to wait), it
-    // does not send a burst to catch up afterwards. It simply carries on at `rate`.
-    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut pacer = Pacer::new(config.rate, started);
     let mut kinds = config.mix.picker();
     // How many orders of each kind were sent: the `n` that varies their bodies.
     let mut sent_of_kind = [0u64; Kind::ALL.len()];
@@ -45,13 +41,24 @@ pub async fn place_orders(
         if matches!(config.load, Load::Count(count) if sent >= count) {
             break;
         }
-        ticks.tick().await;
-        // ...a duration at the first tick that falls at or past its end.
+        while let Some(wait) = pacer.wait(Instant::now()) {
+            tokio::time::sleep(wait).await;
+        }
+        // ...a duration at the first send that falls at or past its end.
         if matches!(config.load, Load::For(duration) if started.elapsed() >= duration) {
             break;
         }
         // Waits while `concurrency` requests are in flight: backpressure reaches the generator.
-        let permit = in_flight.clone().acquire_owned().await.context("the request limiter was closed")?;
+        // It then carries on at `rate` from now, with no burst to catch up afterwards.
+        let permit = match in_flight.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let permit =
+                    in_flight.clone().acquire_owned().await.context("the request limiter was closed")?;
+                pacer.restart(Instant::now());
+                permit
+            }
+        };
         let kind = kinds.pick();
         let n = &mut sent_of_kind[kind.index()];
         tally.sent(kind);
@@ -66,6 +73,37 @@ pub async fn place_orders(
         finished.context("a task placing an order failed")?;
     }
     Ok(())
+}
+
+/// When the next order goes: every `1 / rate`, on a schedule kept in time rather than in timer
+/// ticks. A timer wakes a millisecond at a time at best (later on a busy machine), so sending one
+/// order per wake-up would cap the rate near 1,000/s and lose every late wake-up for good; here
+/// the orders that fell due meanwhile go at once.
+#[derive(Debug)]
+struct Pacer {
+    period: Duration,
+    next: Instant,
+}
+
+impl Pacer {
+    fn new(rate: f64, start: Instant) -> Self {
+        Self { period: Duration::from_secs_f64(1.0 / rate), next: start }
+    }
+
+    /// `None` if an order is due at `now` (and books it), else how long until the next one is.
+    fn wait(&mut self, now: Instant) -> Option<Duration> {
+        if now >= self.next {
+            self.next += self.period;
+            None
+        } else {
+            Some(self.next - now)
+        }
+    }
+
+    /// Starts the schedule again from `now` (after waiting out backpressure: no catch-up burst).
+    fn restart(&mut self, now: Instant) {
+        self.next = now;
+    }
 }
 
 /// Places one order and records what happened. `_permit` is held until the order is placed or
@@ -107,5 +145,45 @@ async fn place_one(
             Ok(again) => tally.repeat(again.order.order_id == order_id),
             Err(kind) => tally.error(kind),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends for one second at `rate`, with a timer that wakes at whole milliseconds only.
+    fn sent_in_a_second(pacer: &mut Pacer, start: Instant) -> u32 {
+        let (mut now, mut sent) = (start, 0);
+        while now < start + Duration::from_secs(1) {
+            match pacer.wait(now) {
+                None => sent += 1,
+                Some(wait) => now += wait.max(Duration::from_millis(1)),
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn a_timer_that_wakes_a_millisecond_at_a_time_does_not_cap_the_rate() {
+        let start = Instant::now();
+        for rate in [250.0, 1_000.0, 5_000.0] {
+            let sent = sent_in_a_second(&mut Pacer::new(rate, start), start);
+            // Within 0.5 %: the wake-ups never fall behind (one per tick would give at most 1,000).
+            assert!((f64::from(sent) - rate).abs() <= rate * 0.005 + 1.0, "{sent} sent at {rate}/s");
+        }
+    }
+
+    #[test]
+    fn after_waiting_out_backpressure_the_schedule_starts_again_without_a_burst() {
+        let start = Instant::now();
+        let mut pacer = Pacer::new(1_000.0, start);
+        assert_eq!(pacer.wait(start), None);
+        // A second spent waiting for a free slot: the thousand orders it would have sent are not
+        // sent in a burst afterwards.
+        let later = start + Duration::from_secs(1);
+        pacer.restart(later);
+        assert_eq!(pacer.wait(later), None);
+        assert_eq!(pacer.wait(later), Some(Duration::from_millis(1)));
     }
 }

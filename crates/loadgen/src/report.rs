@@ -103,6 +103,30 @@ impl Summary {
     }
 }
 
+impl Summary {
+    /// The figures `scripts/bench` reads, as one line of `key=value` words (`loadgen --record`):
+    /// the rate offered, orders placed and placed per second of placing time, latency
+    /// percentiles in milliseconds (0 when no order became final), and what was left undone.
+    pub fn record_line(&self, offered_per_s: f64) -> String {
+        let placing = self.placing_time.as_secs_f64();
+        let placed_per_s = if placing > 0.0 { self.placed as f64 / placing } else { 0.0 };
+        let ms = |pick: fn(&Latency) -> Duration| {
+            self.latency.as_ref().map_or(0.0, |l| pick(l).as_secs_f64() * 1000.0)
+        };
+        format!(
+            "kind=step offered={offered_per_s} placed={} placed_per_s={placed_per_s:.1} p50_ms={:.1} \
+             p90_ms={:.1} p99_ms={:.1} max_ms={:.1} pending={} not_placed={}",
+            self.placed,
+            ms(|l| l.p50),
+            ms(|l| l.p90),
+            ms(|l| l.p99),
+            ms(|l| l.max),
+            self.pending,
+            self.not_placed,
+        )
+    }
+}
+
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let placing = self.placing_time.as_secs_f64();
@@ -354,6 +378,20 @@ mod tests {
             tally.summary(Duration::from_secs(1), Duration::from_secs(1), Duration::from_secs(60), 1);
         assert_eq!(summary.latency, None);
         assert!(summary.to_string().contains("latency        none"), "{summary}");
+    }
+
+    #[test]
+    fn the_record_line_gives_the_rate_placed_and_latency_in_milliseconds() {
+        let tally = Tally::new().unwrap();
+        for _ in 0..50 {
+            tally.placed();
+            tally.finished(Status::Reserved, Duration::from_millis(20));
+        }
+        let line = tally
+            .summary(Duration::from_secs(2), Duration::from_secs(3), Duration::from_secs(60), 0)
+            .record_line(25.0);
+        assert!(line.starts_with("kind=step offered=25 placed=50 placed_per_s=25.0 p50_ms=20.0 "), "{line}");
+        assert!(line.ends_with(" pending=0 not_placed=0"), "{line}");
     }
 
     #[test]

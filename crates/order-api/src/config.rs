@@ -1,19 +1,21 @@
 //! order-api's configuration: environment variables with local defaults.
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
-use shared::config::{
-    ConfigError, ConsumerSettings, DatabaseConfig, Env, GivesUp, NatsConfig, RelaySettings,
+use shared::{
+    config::{ConfigError, Env},
+    messaging::consumer::{ConsumerSettings, GivesUp},
+    service::ServiceSettings,
 };
+
+use crate::writer::WriterSettings;
 
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// `HTTP_ADDR` (default `127.0.0.1:8080`).
-    pub http_addr: SocketAddr,
-    pub database: DatabaseConfig,
-    pub nats: NatsConfig,
-    /// `OUTBOX_*`: the relay that publishes accepted orders.
-    pub relay: RelaySettings,
+    /// `HTTP_ADDR` (default `127.0.0.1:8080`), Postgres, NATS, `OUTBOX_*` (the relay that
+    /// publishes accepted orders) and `LAG_POLL_INTERVAL` (how often the workers' consumer lag
+    /// is read from JetStream).
+    pub service: ServiceSettings,
     /// `PROJECTION_*`: the durable consumer of `order_events.>` that keeps order statuses.
     pub projection: ConsumerSettings,
     /// `OUTBOX_MAX_BACKLOG`: above this many unsent orders, `POST /orders` answers 503 with
@@ -24,20 +26,18 @@ pub struct Config {
     pub max_consumer_lag: u64,
     /// `WORKER_CONSUMER`: the workers' consumer, whose lag is watched.
     pub worker_consumer: String,
-    /// `LAG_POLL_INTERVAL`: how often consumer lag is read from JetStream.
-    pub lag_poll_interval: Duration,
     /// `REQUEST_TIMEOUT`: a request not answered within it gets 503 with `Retry-After` (except
-    /// an order whose `COMMIT` has started: that one is answered with its outcome).
+    /// an order a writer has taken: that one is answered with its outcome).
     pub request_timeout: Duration,
+    /// `ORDER_WRITERS` (default 4) and `ORDER_BATCH_SIZE` (default 256): the group commit of
+    /// `POST /orders` (see [`crate::writer`]).
+    pub writer: WriterSettings,
 }
 
 impl Config {
     pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
         Ok(Self {
-            http_addr: env.socket_addr("HTTP_ADDR", "127.0.0.1:8080")?,
-            database: DatabaseConfig::from_env(env)?,
-            nats: NatsConfig::from_env(env)?,
-            relay: RelaySettings::from_env(env)?,
+            service: ServiceSettings::from_env(env, "127.0.0.1:8080")?,
             // The projection reads a limits stream, where a lost MAX_DELIVERIES advisory could
             // not be made good afterwards: it gives up on an event itself (see `GivesUp`).
             projection: ConsumerSettings {
@@ -47,8 +47,11 @@ impl Config {
             max_outbox_backlog: env.number("OUTBOX_MAX_BACKLOG", 10_000, 1..=10_000_000)?,
             max_consumer_lag: env.number("MAX_CONSUMER_LAG", 10_000, 1..=10_000_000)?,
             worker_consumer: env.string("WORKER_CONSUMER", "inventory-worker"),
-            lag_poll_interval: env.duration("LAG_POLL_INTERVAL", Duration::from_secs(2))?,
             request_timeout: env.duration("REQUEST_TIMEOUT", Duration::from_secs(10))?,
+            writer: WriterSettings {
+                writers: env.number("ORDER_WRITERS", 4, 1..=64)?,
+                batch_size: env.number("ORDER_BATCH_SIZE", 256, 1..=5_000)?,
+            },
         })
     }
 }
@@ -60,7 +63,7 @@ mod tests {
     #[test]
     fn defaults_work_locally() {
         let config = Config::from_env(&Env::from_pairs([])).unwrap();
-        assert_eq!(config.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(config.service.http_addr.to_string(), "127.0.0.1:8080");
         assert_eq!(config.projection.name, "order-api-projection");
     }
 

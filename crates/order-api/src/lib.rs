@@ -9,45 +9,48 @@
 //! # Layout
 //! - [`config`]: environment variables.
 //! - [`orders`]: request validation and the order view.
-//! - [`store`]: the SQL, one function per unit of work.
+//! - [`writer`]: placing orders, with one transaction shared by concurrent requests.
+//! - [`store`]: the rest of the SQL, one function per unit of work.
 //! - [`routes`]: the HTTP API.
 //! - [`projection`]: outcome events → order status.
-//! - [`Application`]: wiring: build (connect, migrate, declare topology, bind), then run.
+//! - [`Application`]: wiring: build (connect, migrate, declare topology, bind), then run; what
+//!   every service does is [`shared::service`]'s.
 
 pub mod config;
 pub mod orders;
 pub mod projection;
 pub mod routes;
 pub mod store;
+pub mod writer;
 
 use std::{net::SocketAddr, time::Duration};
 
-use anyhow::Context;
+use contract::streams::{EVENTS_STREAM, EVENTS_SUBJECTS, ORDERS_STREAM};
 use shared::{
-    consumer::IdempotentConsumer,
-    db,
-    metrics::{ConsumerLag, LagMonitor},
-    outbox::{OutboxBacklog, OutboxRelay, OutboxWaker},
-    shutdown::Tasks,
-    topology::{self, EVENTS_STREAM, EVENTS_SUBJECTS, ORDERS_STREAM},
+    messaging::{consumer::IdempotentConsumer, lag::ConsumerLag, outbox::OutboxBacklog},
+    service::{Runtime, Service},
 };
 use sqlx::PgPool;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+use writer::{OrderWriter, OrderWriters};
 
 /// The Postgres schema order-api owns.
-pub const SCHEMA: &str = "order_api";
+pub const SCHEMA: &str = contract::schemas::ORDER_API;
 
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/order-api");
+
+/// order-api, as the platform knows it.
+pub static SERVICE: Service = Service { name: "order-api", schema: SCHEMA, migrations: &MIGRATIONS };
 
 /// What request handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub pool: PgPool,
     pub nats: async_nats::Client,
-    pub outbox: OutboxWaker,
+    /// Where `POST /orders` hands its order, to be committed with others.
+    pub writer: OrderWriter,
     pub outbox_backlog: OutboxBacklog,
     pub max_outbox_backlog: u64,
     /// The workers' lag, as JetStream last reported it (unknown once it could not be refreshed
@@ -61,73 +64,62 @@ pub struct AppState {
 /// A built order-api: connected, migrated, topology declared, listener bound.
 #[derive(Debug)]
 pub struct Application {
-    listener: TcpListener,
+    runtime: Runtime,
     state: AppState,
-    relay: OutboxRelay,
+    writers: OrderWriters,
     projection: IdempotentConsumer<projection::StatusProjection>,
-    lag_monitor: LagMonitor,
 }
 
 impl Application {
     /// Connects to Postgres (creating and migrating the schema) and NATS (declaring streams and
     /// the projection's consumer), and binds the HTTP listener. Use port 0 for a free port.
     pub async fn build(config: Config, shutdown: &CancellationToken) -> anyhow::Result<Self> {
-        let pool = db::connect_and_migrate(&config.database, "order-api", SCHEMA, &MIGRATIONS).await?;
-        let (client, jetstream) = shared::nats::connect(&config.nats, "order-api", shutdown)
-            .await
-            .context("stopped before NATS was reachable")?;
-        topology::ensure_streams(&jetstream, &config.nats).await?;
-        let consumer =
-            topology::ensure_consumer(&jetstream, EVENTS_STREAM, EVENTS_SUBJECTS, &config.projection).await?;
-
-        shared::metrics::install();
+        // The lag watched is the workers': it is what load shedding reads.
+        let watched = (ORDERS_STREAM, config.worker_consumer.as_str());
+        let runtime = SERVICE.start(&config.service, watched, shutdown).await?;
+        let projection = runtime
+            .idempotent_consumer(
+                EVENTS_STREAM,
+                EVENTS_SUBJECTS,
+                &config.projection,
+                projection::StatusProjection,
+            )
+            .await?;
         routes::register_metrics();
-        let lag_monitor = LagMonitor::new(
-            jetstream.clone(),
-            ORDERS_STREAM,
-            &config.worker_consumer,
-            config.lag_poll_interval,
-        );
-        let relay = OutboxRelay::new(pool.clone(), jetstream.clone(), config.relay.clone());
-        let projection = IdempotentConsumer::new(
-            jetstream,
-            consumer,
-            pool.clone(),
-            projection::StatusProjection,
-            config.projection.clone(),
-        );
-        let listener = TcpListener::bind(config.http_addr)
-            .await
-            .with_context(|| format!("cannot listen on HTTP_ADDR={}", config.http_addr))?;
+        writer::register_metrics();
+        let (writer, writers) = OrderWriter::new(runtime.pool.clone(), runtime.outbox(), config.writer);
         let state = AppState {
-            pool,
-            nats: client,
-            outbox: relay.waker(),
-            outbox_backlog: relay.backlog(),
+            pool: runtime.pool.clone(),
+            nats: runtime.nats.clone(),
+            writer,
+            outbox_backlog: runtime.outbox_backlog(),
             max_outbox_backlog: config.max_outbox_backlog,
-            consumer_lag: lag_monitor.lag(),
+            consumer_lag: runtime.consumer_lag(),
             max_consumer_lag: config.max_consumer_lag,
             request_timeout: config.request_timeout,
         };
-        Ok(Self { listener, state, relay, projection, lag_monitor })
+        Ok(Self { runtime, state, writers, projection })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.runtime.local_addr()
     }
 
     /// Serves HTTP and runs the relay and the projection until `shutdown` is cancelled.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "order-api listening");
-        let mut tasks = Tasks::new(shutdown);
-        tasks.serve_http(self.listener, routes::router(self.state.clone()));
-        tasks.spawn_with_shutdown("outbox relay", |stop| self.relay.run(stop));
-        tasks.spawn_with_shutdown("status projection", |stop| self.projection.run(stop));
-        tasks.spawn_with_shutdown("lag monitor", |stop| self.lag_monitor.run(stop));
-        let result = tasks.run_until_stopped(Duration::from_secs(15)).await;
-        // Acks and publishes still buffered in the client go out before the process exits.
-        shared::nats::flush_before_exit(&self.state.nats, Duration::from_secs(2)).await;
-        result
+        let Self { runtime, state, writers, projection } = self;
+        // The router holds the only handles to the writers: once it has served its last request,
+        // they write what they were handed and stop.
+        runtime
+            .run(shutdown, routes::router(state), Duration::from_secs(15), |tasks| {
+                tasks.spawn("order writers", async move {
+                    writers.run().await;
+                    Ok(())
+                });
+                tasks.spawn_with_shutdown("status projection", |stop| projection.run(stop));
+            })
+            .await
     }
 }
 

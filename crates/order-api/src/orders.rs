@@ -1,11 +1,12 @@
 //! Orders: what a client may send, what it gets back, and the rules in between.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use shared::{
-    http::FieldError,
-    messages::{OrderItem, check_identifier},
+use contract::{
+    events::OrderItem,
+    identifier::{CustomerId, Sku},
 };
+use serde::{Deserialize, Serialize};
+use shared::http::FieldError;
 use uuid::Uuid;
 
 pub const MAX_ITEMS: usize = 100;
@@ -30,7 +31,7 @@ pub struct ItemRequest {
 /// A validated order, ready to be stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOrder {
-    pub customer_id: String,
+    pub customer_id: CustomerId,
     pub items: Vec<OrderItem>,
 }
 
@@ -38,7 +39,7 @@ impl PlaceOrderRequest {
     /// Checks every rule and reports every broken one, each with a JSON Pointer to its field.
     pub fn validate(self) -> Result<NewOrder, Vec<FieldError>> {
         let mut errors = Vec::new();
-        let customer_id = check_id(self.customer_id, "#/customer_id", &mut errors);
+        let customer_id: Option<CustomerId> = check_id(self.customer_id, "#/customer_id", &mut errors);
 
         let mut items = Vec::new();
         match self.items {
@@ -50,9 +51,9 @@ impl PlaceOrderRequest {
                 errors.push(FieldError::pointer("#/items", format!("must contain at most {MAX_ITEMS} items")))
             }
             Some(list) => {
-                let mut seen: Vec<(String, usize)> = Vec::new();
+                let mut seen: Vec<(Sku, usize)> = Vec::new();
                 for (index, item) in list.into_iter().enumerate() {
-                    let sku = check_id(item.sku, &format!("#/items/{index}/sku"), &mut errors);
+                    let sku: Option<Sku> = check_id(item.sku, &format!("#/items/{index}/sku"), &mut errors);
                     if let Some(sku) = &sku {
                         if let Some((_, first)) = seen.iter().find(|(s, _)| s == sku) {
                             errors.push(FieldError::pointer(
@@ -94,10 +95,14 @@ impl PlaceOrderRequest {
     }
 }
 
-/// Identifiers (customer IDs, SKUs) follow [`check_identifier`].
-fn check_id(value: Option<String>, pointer: &str, errors: &mut Vec<FieldError>) -> Option<String> {
-    match value.as_deref().map(check_identifier) {
-        Some(Ok(())) => value,
+/// An identifier (a customer ID, a SKU) from the field at `pointer`, if it is there and follows
+/// [`contract::identifier::check_identifier`]; else the field's error is added to `errors`.
+fn check_id<T>(value: Option<String>, pointer: &str, errors: &mut Vec<FieldError>) -> Option<T>
+where
+    T: TryFrom<String, Error = &'static str>,
+{
+    match value.map(T::try_from) {
+        Some(Ok(id)) => Some(id),
         Some(Err(problem)) => {
             errors.push(FieldError::pointer(pointer, problem));
             None
@@ -169,7 +174,7 @@ impl OrderView {
             items.sort_by(|a, b| a.sku.cmp(&b.sku));
             items
         };
-        self.customer_id == order.customer_id && sorted(&self.items) == sorted(&order.items)
+        order.customer_id == self.customer_id.as_str() && sorted(&self.items) == sorted(&order.items)
     }
 }
 
@@ -190,7 +195,7 @@ mod tests {
     fn a_good_order_is_accepted() {
         let order =
             validate(json!({"customer_id": "c-42", "items": [{"sku": "WIDGET-1", "quantity": 2}]})).unwrap();
-        assert_eq!(order.items, vec![OrderItem { sku: "WIDGET-1".into(), quantity: 2 }]);
+        assert_eq!(order.items, vec![OrderItem::new("WIDGET-1", 2)]);
     }
 
     #[test]
@@ -252,19 +257,19 @@ mod tests {
             order_id: Uuid::nil(),
             status: OrderStatus::Pending,
             customer_id: "c".into(),
-            items: vec![
-                OrderItem { sku: "A".into(), quantity: 1 },
-                OrderItem { sku: "B".into(), quantity: 2 },
-            ],
+            items: vec![OrderItem::new("A", 1), OrderItem::new("B", 2)],
             reason: None,
             trace_id: None,
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };
-        let same = NewOrder { customer_id: "c".into(), items: view.items.iter().rev().cloned().collect() };
+        let same = NewOrder {
+            customer_id: CustomerId::parse("c").unwrap(),
+            items: view.items.iter().rev().cloned().collect(),
+        };
         assert!(view.matches(&same));
         let other =
-            NewOrder { customer_id: "c".into(), items: vec![OrderItem { sku: "A".into(), quantity: 1 }] };
+            NewOrder { customer_id: CustomerId::parse("c").unwrap(), items: vec![OrderItem::new("A", 1)] };
         assert!(!view.matches(&other));
     }
 }

@@ -2,16 +2,18 @@
 //! [`shared::http::service_routes`], `GET /healthz`).
 //!
 //! **Timeouts and `COMMIT`:** every request runs under `REQUEST_TIMEOUT`; one that takes longer
-//! is answered 503 with `Retry-After` and nothing it did is kept (its transaction is rolled back).
-//! That is true only until `COMMIT` is sent: after that the order may already exist, and a 503
-//! would make a client without an `Idempotency-Key` place it twice. So `POST /orders` marks the
-//! moment its `COMMIT` starts ([`CommitStarted`]), and from then on the timeout waits for the
-//! outcome (the order, or the database's error) instead of answering "retry later".
+//! is answered 503 with `Retry-After` and nothing it did is kept. That is true only until the
+//! `COMMIT` of the transaction holding its order is sent ([`crate::writer`]): after that the
+//! order may already exist, and a 503 would make a client without an `Idempotency-Key` place it
+//! twice. So the writer *claims* each request just before `COMMIT` ([`CommitStarted`]), and from
+//! then on the timeout waits for the outcome (the order, or the database's error) instead of
+//! answering "retry later". The two race for one flag: whichever sets it first decides. A request
+//! the timeout answered first has its rows deleted before the `COMMIT`.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicU8, Ordering},
     },
     time::Duration,
 };
@@ -64,7 +66,8 @@ fn guarded<S: Clone + Send + Sync + 'static>(api: Router<S>, timeout: Duration) 
 }
 
 /// `POST /orders`: validate, refuse if overloaded, then store the order and its message in
-/// one transaction. `202 Accepted`: the order is safe, its processing is still to come.
+/// one transaction (shared with other requests: [`crate::writer`]). `202 Accepted`: the order
+/// is committed, its processing is still to come.
 async fn place_order(
     State(app): State<AppState>,
     commit: Option<Extension<CommitStarted>>,
@@ -101,13 +104,8 @@ async fn place_order(
     }
 
     let commit = commit.map(|Extension(commit)| commit).unwrap_or_default();
-    let (view, replayed) = match store::place_order(&app.pool, &order, key.as_deref(), || commit.mark())
-        .await?
-    {
-        Placed::Created(view) => {
-            app.outbox.wake();
-            (view, false)
-        }
+    let (view, replayed) = match app.writer.place(order, key, commit).await? {
+        Placed::Created(view) => (view, false),
         Placed::Replayed(view) => (view, true),
         Placed::KeyReused => {
             return Err(Problem {
@@ -195,18 +193,35 @@ async fn count_orders(request: Request, next: Next) -> Response {
     response
 }
 
-/// Set by a handler just before its `COMMIT` starts; read by [`request_timeout`]. See the
-/// module docs.
+/// Who decides a slow request's fate: the writer about to commit its order ([`Self::claim`]),
+/// or the request timeout that gives up on it ([`Self::abandon`]). One flag, set once:
+/// whichever comes first wins. See the module docs.
 #[derive(Debug, Clone, Default)]
-pub struct CommitStarted(Arc<AtomicBool>);
+pub struct CommitStarted(Arc<AtomicU8>);
 
 impl CommitStarted {
-    pub fn mark(&self) {
-        self.0.store(true, Ordering::Release);
+    const OPEN: u8 = 0;
+    const CLAIMED: u8 = 1;
+    const ABANDONED: u8 = 2;
+
+    /// The writer is about to commit the order. `false` if the timeout has already answered the
+    /// request: its order must not be committed.
+    pub fn claim(&self) -> bool {
+        self.settle(Self::CLAIMED) == Self::CLAIMED
     }
 
-    fn is_marked(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    /// The timeout gives up on the request. `false` if its `COMMIT` has started: its outcome
+    /// must be awaited.
+    fn abandon(&self) -> bool {
+        self.settle(Self::ABANDONED) == Self::ABANDONED
+    }
+
+    /// Sets the flag if it is still open; returns what it holds now.
+    fn settle(&self, to: u8) -> u8 {
+        match self.0.compare_exchange(Self::OPEN, to, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => to,
+            Err(already) => already,
+        }
     }
 }
 
@@ -226,7 +241,7 @@ async fn request_timeout(timeout: Duration, mut request: Request, next: Next) ->
     tokio::pin!(response);
     match tokio::time::timeout(timeout, &mut response).await {
         Ok(response) => response,
-        Err(_) if commit.is_marked() => match tokio::time::timeout(COMMIT_GRACE, response).await {
+        Err(_) if !commit.abandon() => match tokio::time::timeout(COMMIT_GRACE, response).await {
             Ok(response) => response,
             Err(_) => Problem::unavailable(
                 "/problems/timeout",

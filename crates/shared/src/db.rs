@@ -22,13 +22,13 @@
 
 use std::{borrow::Cow, time::Duration};
 
+use crate::config::{ConfigError, Env, redact};
+
 use sqlx::{
     Connection, PgPool,
     migrate::Migrator,
     postgres::{PgConnectOptions, PgConnection, PgPoolOptions},
 };
-
-use crate::config::DatabaseConfig;
 
 /// The tables every service has in its schema: `outbox` and `processed_messages`.
 pub static SHARED_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/shared");
@@ -230,5 +230,97 @@ pub async fn accepts_writes(pool: &PgPool) -> bool {
 pub async fn wait_until_available(pool: &PgPool, shutdown: &tokio_util::sync::CancellationToken) {
     while !shutdown.is_cancelled() && !accepts_writes(pool).await {
         crate::shutdown::sleep_or_cancel(Duration::from_secs(1), shutdown).await;
+    }
+}
+
+/// Where and how to reach Postgres. Each service owns one schema of the one database. Its
+/// `Debug` shows the URL [`redact`]ed, so that printing the settings never prints a password.
+#[derive(Clone)]
+pub struct DatabaseConfig {
+    /// `DATABASE_URL`. The database is created if missing.
+    pub url: String,
+    /// `DATABASE_MAX_CONNECTIONS`.
+    pub max_connections: u32,
+    /// `DATABASE_ACQUIRE_TIMEOUT`: how long to wait for a connection before treating Postgres
+    /// as unavailable (HTTP 503; a worker hands its batch back and stops pulling).
+    pub acquire_timeout: Duration,
+    /// `DATABASE_STATEMENT_TIMEOUT`: the longest any one statement may run (Postgres's
+    /// `statement_timeout`). Also bounds, on the client's side, how long a unit of work may wait
+    /// on a server that stopped answering (no TCP keepalive reaches a vanished host sooner).
+    pub statement_timeout: Duration,
+    /// `DATABASE_LOCK_TIMEOUT`: the longest a statement waits for a row lock (`lock_timeout`).
+    /// A row held by someone else fails the one message that needs it, not the whole batch.
+    pub lock_timeout: Duration,
+    /// `DATABASE_IDLE_IN_TRANSACTION_TIMEOUT`: Postgres ends a session that holds a transaction
+    /// open and idle this long (`idle_in_transaction_session_timeout`), releasing its locks.
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &redact(&self.url))
+            .field("max_connections", &self.max_connections)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("statement_timeout", &self.statement_timeout)
+            .field("lock_timeout", &self.lock_timeout)
+            .field("idle_in_transaction_timeout", &self.idle_in_transaction_timeout)
+            .finish()
+    }
+}
+
+impl DatabaseConfig {
+    pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/orders";
+
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        let url = env.string("DATABASE_URL", Self::DEFAULT_URL);
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(ConfigError::new(
+                "DATABASE_URL",
+                &url,
+                "expected postgres://user[:password]@host:port/database",
+            ));
+        }
+        url.parse::<sqlx::postgres::PgConnectOptions>()
+            .map_err(|err| ConfigError::new("DATABASE_URL", &url, err))?;
+        Ok(Self {
+            url,
+            max_connections: env.number("DATABASE_MAX_CONNECTIONS", 10, 1..=1000)?,
+            acquire_timeout: env.duration("DATABASE_ACQUIRE_TIMEOUT", Duration::from_secs(3))?,
+            statement_timeout: env
+                .positive_duration("DATABASE_STATEMENT_TIMEOUT", Duration::from_secs(10))?,
+            lock_timeout: env.positive_duration("DATABASE_LOCK_TIMEOUT", Duration::from_secs(2))?,
+            idle_in_transaction_timeout: env
+                .positive_duration("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", Duration::from_secs(60))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_url_is_named_in_the_error_without_its_password() {
+        let env = Env::from_pairs([("DATABASE_URL", "mysql://app:s3cret@db/orders")]);
+        let err = DatabaseConfig::from_env(&env).unwrap_err().to_string();
+        assert!(err.contains("DATABASE_URL=\"mysql://app:***@db/orders\""), "{err}");
+        assert!(!err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_database_url_is_refused_at_start_up() {
+        let env = Env::from_pairs([("DATABASE_URL", "mysql:/nope")]);
+        let err = DatabaseConfig::from_env(&env).unwrap_err();
+        assert_eq!(err.variable, "DATABASE_URL");
+    }
+
+    #[test]
+    fn printing_the_settings_never_prints_a_password() {
+        let database =
+            DatabaseConfig::from_env(&Env::from_pairs([("DATABASE_URL", "postgres://app:s3cret@db/orders")]))
+                .unwrap();
+        let shown = format!("{database:?}");
+        assert!(shown.contains("postgres://app:***@db/orders") && !shown.contains("s3cret"), "{shown}");
     }
 }

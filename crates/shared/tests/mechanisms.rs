@@ -8,13 +8,21 @@ use async_nats::jetstream::{
     consumer::AckPolicy,
     stream::{DiscardPolicy, RetentionPolicy, StorageType},
 };
+use contract::{
+    events::{OrderItem, OrderPlaced},
+    streams,
+};
 use futures::StreamExt;
 use shared::{
-    config::{ConsumerSettings, DatabaseConfig, Env, NatsConfig, RelaySettings},
-    db,
-    messages::{OrderItem, OrderPlaced, OutgoingMessage},
-    outbox::{self, OutboxRelay},
-    topology,
+    config::Env,
+    db::{self, DatabaseConfig},
+    messaging::{
+        consumer::ConsumerSettings,
+        envelope::OutgoingMessage,
+        outbox::{self, OutboxRelay, RelaySettings},
+        topology,
+    },
+    nats::NatsConfig,
 };
 use sqlx::{PgPool, migrate::Migrator};
 use test_support::{NatsCluster, NatsServer, TestDatabase};
@@ -41,7 +49,7 @@ fn order_message() -> OutgoingMessage {
 
 async fn stream_len(nats: &NatsServer) -> u64 {
     let js = nats.jetstream().await;
-    js.get_stream(topology::ORDERS_STREAM).await.unwrap().get_info().await.unwrap().state.messages
+    js.get_stream(streams::ORDERS_STREAM).await.unwrap().get_info().await.unwrap().state.messages
 }
 
 #[tokio::test]
@@ -65,7 +73,7 @@ async fn only_committed_outbox_rows_are_published_with_their_headers() {
     assert_eq!(relay.relay_batch().await.unwrap(), 1);
     assert_eq!(relay.relay_batch().await.unwrap(), 0, "nothing left to send");
 
-    let stream = js.get_stream(topology::ORDERS_STREAM).await.unwrap();
+    let stream = js.get_stream(streams::ORDERS_STREAM).await.unwrap();
     let stored = stream.get_raw_message(1).await.unwrap();
     assert_eq!(stored.payload.as_ref(), committed.payload.as_slice());
     assert_eq!(stored.headers.get("ce-id").unwrap().as_str(), committed.message_id.to_string());
@@ -124,10 +132,10 @@ async fn the_declared_topology_is_the_documented_one_and_declaring_it_again_is_h
 
     for _ in 0..2 {
         topology::ensure_streams(&js, &nats_config).await.unwrap();
-        topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &consumer).await.unwrap();
+        topology::ensure_consumer(&js, streams::ORDERS_STREAM, "orders.new", &consumer).await.unwrap();
     }
 
-    let orders = js.get_stream(topology::ORDERS_STREAM).await.unwrap().get_info().await.unwrap().config;
+    let orders = js.get_stream(streams::ORDERS_STREAM).await.unwrap().get_info().await.unwrap().config;
     assert_eq!(orders.subjects, ["orders.*"]);
     assert_eq!(orders.retention, RetentionPolicy::WorkQueue);
     assert_eq!(orders.storage, StorageType::File);
@@ -136,12 +144,12 @@ async fn the_declared_topology_is_the_documented_one_and_declaring_it_again_is_h
     assert_eq!(orders.max_message_size, 1 << 20);
     assert_eq!(orders.duplicate_window, Duration::from_secs(120));
 
-    let events = js.get_stream(topology::EVENTS_STREAM).await.unwrap().get_info().await.unwrap().config;
+    let events = js.get_stream(streams::EVENTS_STREAM).await.unwrap().get_info().await.unwrap().config;
     assert_eq!(events.subjects, ["order_events.>"]);
     assert_eq!(events.retention, RetentionPolicy::Limits);
     assert_eq!(events.max_age, Duration::from_secs(7 * 24 * 3600));
 
-    let stream = js.get_stream(topology::ORDERS_STREAM).await.unwrap();
+    let stream = js.get_stream(streams::ORDERS_STREAM).await.unwrap();
     let info = stream.consumer_info("inventory-worker").await.unwrap();
     assert_eq!(info.config.ack_policy, AckPolicy::Explicit);
     assert_eq!(info.config.max_deliver, 5);
@@ -159,11 +167,11 @@ async fn a_work_queue_takes_one_consumer_per_subject_and_a_pub_sub_stream_any_nu
     topology::ensure_streams(&js, &NatsConfig::from_env(&Env::from_pairs([])).unwrap()).await.unwrap();
     let settings = |name: &str| ConsumerSettings::from_env(&Env::from_pairs([]), "WORKER", name).unwrap();
 
-    topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings("inventory-worker"))
+    topology::ensure_consumer(&js, streams::ORDERS_STREAM, "orders.new", &settings("inventory-worker"))
         .await
         .unwrap();
     let second =
-        topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings("my-worker")).await;
+        topology::ensure_consumer(&js, streams::ORDERS_STREAM, "orders.new", &settings("my-worker")).await;
     let refused = second.expect_err("a second consumer of orders.new on the work queue was accepted");
     let cause = std::error::Error::source(&refused).map(ToString::to_string).unwrap_or_default();
     assert!(cause.contains("not unique on workqueue stream"), "{cause}");
@@ -171,7 +179,7 @@ async fn a_work_queue_takes_one_consumer_per_subject_and_a_pub_sub_stream_any_nu
     let mut readers = Vec::new();
     for name in ["order-api-projection", "my-reader"] {
         readers.push(
-            topology::ensure_consumer(&js, topology::EVENTS_STREAM, "order_events.>", &settings(name))
+            topology::ensure_consumer(&js, streams::EVENTS_STREAM, "order_events.>", &settings(name))
                 .await
                 .unwrap(),
         );
@@ -194,7 +202,7 @@ async fn a_changed_limit_is_applied_to_the_existing_stream() {
     let bigger = NatsConfig::from_env(&Env::from_pairs([("ORDERS_STREAM_MAX_BYTES", "512MiB")])).unwrap();
     topology::ensure_streams(&js, &bigger).await.unwrap();
 
-    let config = js.get_stream(topology::ORDERS_STREAM).await.unwrap().get_info().await.unwrap().config;
+    let config = js.get_stream(streams::ORDERS_STREAM).await.unwrap().get_info().await.unwrap().config;
     assert_eq!(config.max_bytes, 512 << 20);
 }
 
@@ -217,16 +225,16 @@ async fn on_a_cluster_streams_declared_with_one_replica_are_raised_to_three_with
     let replicas = |n: &str| NatsConfig::from_env(&Env::from_pairs([("STREAM_REPLICAS", n)])).unwrap();
     topology::ensure_streams(&js, &replicas("1")).await.unwrap();
     let settings = ConsumerSettings::from_env(&Env::from_pairs([]), "WORKER", "inventory-worker").unwrap();
-    topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings).await.unwrap();
+    topology::ensure_consumer(&js, streams::ORDERS_STREAM, "orders.new", &settings).await.unwrap();
 
     topology::ensure_streams(&js, &replicas("3")).await.unwrap();
-    for name in [topology::ORDERS_STREAM, topology::EVENTS_STREAM, topology::UNPROCESSED_STREAM] {
+    for name in [streams::ORDERS_STREAM, streams::EVENTS_STREAM, streams::UNPROCESSED_STREAM] {
         let info = js.get_stream(name).await.unwrap().get_info().await.unwrap();
         assert_eq!(info.config.num_replicas, 3, "{name}");
     }
     // The consumer, its replica count left at 0 ("as the stream"), follows its stream.
     test_support::wait_until("the consumer has three replicas", Duration::from_secs(20), || async {
-        let stream = js.get_stream(topology::ORDERS_STREAM).await.ok()?;
+        let stream = js.get_stream(streams::ORDERS_STREAM).await.ok()?;
         let info = stream.consumer_info("inventory-worker").await.ok()?;
         (info.cluster.as_ref()?.replicas.len() == 2).then_some(())
     })
@@ -242,7 +250,7 @@ async fn a_consumer_already_as_wanted_is_left_alone_and_a_changed_one_is_updated
         ConsumerSettings::from_env(&Env::from_pairs(env.iter().copied()), "WORKER", "inventory-worker")
             .unwrap()
     };
-    let created = topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings(&[]))
+    let created = topology::ensure_consumer(&js, streams::ORDERS_STREAM, "orders.new", &settings(&[]))
         .await
         .unwrap()
         .cached_info()
@@ -253,7 +261,7 @@ async fn a_consumer_already_as_wanted_is_left_alone_and_a_changed_one_is_updated
     let client = js.client();
     let mut requests = client.subscribe("$JS.API.CONSUMER.>").await.unwrap();
     let again =
-        topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &settings(&[])).await.unwrap();
+        topology::ensure_consumer(&js, streams::ORDERS_STREAM, "orders.new", &settings(&[])).await.unwrap();
     assert_eq!(again.cached_info().created, created, "the same consumer");
     client.publish("$JS.API.CONSUMER.test-sentinel", "".into()).await.unwrap();
     let mut sent = Vec::new();
@@ -269,14 +277,9 @@ async fn a_consumer_already_as_wanted_is_left_alone_and_a_changed_one_is_updated
     );
 
     let changed = settings(&[("WORKER_MAX_DELIVER", "7")]);
-    topology::ensure_consumer(&js, topology::ORDERS_STREAM, "orders.new", &changed).await.unwrap();
-    let info = js
-        .get_stream(topology::ORDERS_STREAM)
-        .await
-        .unwrap()
-        .consumer_info("inventory-worker")
-        .await
-        .unwrap();
+    topology::ensure_consumer(&js, streams::ORDERS_STREAM, "orders.new", &changed).await.unwrap();
+    let info =
+        js.get_stream(streams::ORDERS_STREAM).await.unwrap().consumer_info("inventory-worker").await.unwrap();
     assert_eq!(info.config.max_deliver, 7);
 }
 

@@ -1,4 +1,4 @@
-//! Logging in to NATS the usual ways (`shared::nats_auth`), against a real nats-server: a user
+//! Logging in to NATS the usual ways (`shared::nats::auth`), against a real nats-server: a user
 //! and password in `NATS_URL`, an NKey seed file, TLS with a custom CA and a client
 //! certificate, and a `.creds` file against a server in operator (JWT) mode, whose operator,
 //! account and user JWTs the test issues itself.
@@ -6,7 +6,7 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use shared::config::{Env, NatsConfig};
+use shared::{config::Env, nats::NatsConfig};
 use test_support::{NatsServer, NatsUser};
 use tokio_util::sync::CancellationToken;
 

@@ -11,11 +11,13 @@
 //!   [`PgRole`]) and [`PostgresServer`] (a private server, for tests that stop Postgres).
 //! - [`process`]: [`ServiceProcess`], a service binary started as a child process.
 //! - [`http`]: small clients for the services' HTTP APIs.
+//! - [`browser`]: [`Browser`](browser::Browser), a headless Chromium driven over WebDriver.
 //! - [`metrics`]: scraping and reading `GET /metrics`.
 //! - [`otlp`]: an OTLP/HTTP receiver that keeps the spans services export.
 //! - [`stack`]: [`Stack`](stack::Stack), the whole system as real processes.
 //! - [`wait_until`]: await a condition with a deadline, instead of sleeping.
 
+pub mod browser;
 pub mod http;
 pub mod metrics;
 pub mod nats;
@@ -32,14 +34,22 @@ pub use process::ServiceProcess;
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
-/// Shows the services' logs in a test's output when `TEST_LOG` is set (e.g. `TEST_LOG=debug`).
+/// Shows the test's own logs in its output when `TEST_LOG` is set (e.g. `TEST_LOG=debug`), in
+/// tracing's plain format: for tests whose services run as processes, which log by themselves.
 /// Safe to call from every helper; only the first call installs the subscriber.
 pub fn init_logging() {
+    init_logging_with(|filter| tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().init());
+}
+
+/// The same, installing the subscriber with `install` (given the filter): tests that run a
+/// service in-process pass `shared::telemetry::init_for_tests`, so that their logs are the
+/// service's own, trace IDs and all. (This crate does not depend on `shared`, to stay light.)
+pub fn init_logging_with(install: impl FnOnce(&str)) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         if let Ok(filter) = std::env::var("TEST_LOG") {
             let filter = if filter == "1" { "info,sqlx=warn".to_owned() } else { filter };
-            tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().init();
+            install(&filter);
         }
     });
 }

@@ -33,9 +33,9 @@ impl PgRole {
     /// The schema this role owns.
     pub fn schema(self) -> &'static str {
         match self {
-            PgRole::OrderApi => "order_api",
-            PgRole::InventoryWorker => "inventory",
-            PgRole::DlqService => "dlq",
+            PgRole::OrderApi => contract::schemas::ORDER_API,
+            PgRole::InventoryWorker => contract::schemas::INVENTORY,
+            PgRole::DlqService => contract::schemas::DLQ,
         }
     }
 

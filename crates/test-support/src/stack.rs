@@ -1,5 +1,7 @@
 //! The whole system as real processes: order-api and inventory-workers, started together
-//! against a nats-server and a database of the test's own.
+//! against a nats-server and a database of the test's own. More replicas of any service can be
+//! added ([`Stack::add_worker`], [`Stack::add_order_api`], [`Stack::add_dlq`]): they share the
+//! same database and durable consumers, as replicas in production do.
 //!
 //! Each service runs as it would be deployed: logged in to Postgres as its own role
 //! (`scripts/provision-db` runs first) and to NATS as its own user (the repository's
@@ -58,15 +60,26 @@ pub struct Worker {
     pub inventory: InventoryApi,
 }
 
+/// One more running order-api process and its HTTP API (see [`Stack::add_order_api`]).
+#[derive(Debug)]
+pub struct OrderApiReplica {
+    pub process: ServiceProcess,
+    pub api: OrderApi,
+}
+
 #[derive(Debug)]
 pub struct Stack<B: Broker = NatsServer> {
     pub nats: B,
     pub db: TestDatabase,
     pub api: OrderApi,
     pub order_api: ServiceProcess,
+    /// order-apis added with [`Stack::add_order_api`], beside the first.
+    pub more_order_apis: Vec<OrderApiReplica>,
     pub workers: Vec<Worker>,
     /// dlq-service, when started with [`Stack::start_with_dlq`].
     pub dlq: Option<Dlq>,
+    /// dlq-services added with [`Stack::add_dlq`], beside the first.
+    pub more_dlqs: Vec<Dlq>,
     env: Vec<(String, String)>,
 }
 
@@ -129,20 +142,16 @@ impl<B: Broker> Stack<B> {
         env.extend(QUICK_SETTINGS.iter().chain(extra_env).map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
 
         let api_port = free_port();
-        let order_api = spawn(
-            "order-api",
-            "order-api",
-            (&nats, &db),
-            &env,
-            &[("HTTP_ADDR", format!("127.0.0.1:{api_port}"))],
-        );
+        let order_api = spawn_on_port("order-api", "order-api", (&nats, &db), &env, api_port);
         let mut stack = Self {
             nats,
             db,
             api: OrderApi::new(format!("http://127.0.0.1:{api_port}")),
             order_api,
+            more_order_apis: Vec::new(),
             workers: Vec::new(),
             dlq: None,
+            more_dlqs: Vec::new(),
             env,
         };
         for n in 1..=workers {
@@ -162,19 +171,45 @@ impl<B: Broker> Stack<B> {
     }
 
     fn spawn_dlq_process(&mut self) {
-        let port = free_port().to_string();
-        let process = self.spawn_dlq_on(&port);
-        self.dlq = Some(Dlq { process, base_url: format!("http://127.0.0.1:{port}") });
+        self.dlq = Some(self.spawn_dlq("dlq-service", free_port()));
     }
 
-    fn spawn_dlq_on(&self, port: &str) -> ServiceProcess {
-        spawn(
-            "dlq-service",
-            "dlq-service",
-            (&self.nats, &self.db),
-            &self.env,
-            &[("HTTP_ADDR", format!("127.0.0.1:{port}"))],
-        )
+    fn spawn_dlq(&self, name: &str, port: u16) -> Dlq {
+        let process = spawn_on_port("dlq-service", name, (&self.nats, &self.db), &self.env, port);
+        Dlq { process, base_url: format!("http://127.0.0.1:{port}") }
+    }
+
+    /// Starts one more dlq-service, sharing the capture consumer and the database with the
+    /// first, and waits until it is ready.
+    pub async fn add_dlq(&mut self) -> &Dlq {
+        let name = format!("dlq-service-{}", self.more_dlqs.len() + 2);
+        let mut dlq = self.spawn_dlq(&name, free_port());
+        let url = dlq.base_url.clone();
+        dlq.process.wait_ready(&url).await;
+        self.more_dlqs.push(dlq);
+        self.more_dlqs.last().expect("just added")
+    }
+
+    /// Starts one more order-api, sharing the outbox, the projection's durable consumer and the
+    /// database with the first, and waits until it is ready. Returns its API.
+    pub async fn add_order_api(&mut self) -> OrderApi {
+        let port = free_port();
+        let name = format!("order-api-{}", self.more_order_apis.len() + 2);
+        let mut process = spawn_on_port("order-api", &name, (&self.nats, &self.db), &self.env, port);
+        let api = OrderApi::new(format!("http://127.0.0.1:{port}"));
+        process.wait_ready(&api.base_url).await;
+        self.more_order_apis.push(OrderApiReplica { process, api: api.clone() });
+        api
+    }
+
+    /// Every order-api's API: the first, then those added.
+    pub fn order_apis(&self) -> Vec<OrderApi> {
+        std::iter::once(&self.api).chain(self.more_order_apis.iter().map(|r| &r.api)).cloned().collect()
+    }
+
+    /// Every dlq-service: the first, then those added.
+    pub fn dlqs(&self) -> impl Iterator<Item = &Dlq> {
+        self.dlq.iter().chain(&self.more_dlqs)
     }
 
     async fn wait_dlq_ready(&mut self) {
@@ -189,9 +224,7 @@ impl<B: Broker> Stack<B> {
         let dlq = self.dlq.take().expect("dlq-service was started");
         let url = dlq.base_url.clone();
         drop(dlq);
-        let port = url.rsplit(':').next().expect("port").to_owned();
-        let process = self.spawn_dlq_on(&port);
-        self.dlq = Some(Dlq { process, base_url: url });
+        self.dlq = Some(self.spawn_dlq("dlq-service", port_of(&url)));
         self.wait_dlq_ready().await;
     }
 
@@ -199,14 +232,8 @@ impl<B: Broker> Stack<B> {
     /// until it is ready.
     pub async fn restart_order_api(&mut self) {
         self.order_api.kill().await;
-        let port = self.api.base_url.rsplit(':').next().expect("port").to_owned();
-        self.order_api = spawn(
-            "order-api",
-            "order-api",
-            (&self.nats, &self.db),
-            &self.env,
-            &[("HTTP_ADDR", format!("127.0.0.1:{port}"))],
-        );
+        let port = port_of(&self.api.base_url);
+        self.order_api = spawn_on_port("order-api", "order-api", (&self.nats, &self.db), &self.env, port);
         let url = self.api.base_url.clone();
         self.order_api.wait_ready(&url).await;
     }
@@ -279,14 +306,35 @@ impl<B: Broker> Stack<B> {
         .await;
     }
 
+    /// JetStream on the stack's broker, as the administrator (any node of a cluster).
+    pub async fn jetstream(&self) -> Option<async_nats::jetstream::Context> {
+        let client = crate::nats::connect_as(self.nats.addresses(), NatsUser::Admin).await.ok()?;
+        Some(async_nats::jetstream::new(client))
+    }
+
     /// The shared worker consumer as JetStream reports it: (pending, ack pending).
     pub async fn worker_consumer_backlog(&self) -> Option<(u64, usize)> {
-        let client = crate::nats::connect_as(self.nats.addresses(), NatsUser::Admin).await.ok()?;
-        let js = async_nats::jetstream::new(client);
-        let stream = js.get_stream("orders_stream").await.ok()?;
+        let js = self.jetstream().await?;
+        let stream = js.get_stream(contract::streams::ORDERS_STREAM).await.ok()?;
         let info = stream.consumer_info("inventory-worker").await.ok()?;
         Some((info.num_pending, info.num_ack_pending))
     }
+}
+
+/// [`spawn`] with `HTTP_ADDR` on 127.0.0.1:`port` and nothing else of its own.
+fn spawn_on_port(
+    binary: &str,
+    name: &str,
+    servers: (&impl Broker, &TestDatabase),
+    common: &[(String, String)],
+    port: u16,
+) -> ServiceProcess {
+    spawn(binary, name, servers, common, &[("HTTP_ADDR", format!("127.0.0.1:{port}"))])
+}
+
+/// The port of `http://127.0.0.1:PORT`.
+fn port_of(base_url: &str) -> u16 {
+    base_url.rsplit(':').next().and_then(|p| p.parse().ok()).expect("a base URL ending in a port")
 }
 
 /// Starts `binary` logged in as its own NATS user and Postgres role, with the stack's settings

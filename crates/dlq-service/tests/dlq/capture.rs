@@ -2,7 +2,11 @@
 
 use async_nats::HeaderMap;
 use base64::Engine;
-use shared::messages::{OrderItem, OrderPlaced, OutgoingMessage, dead_letter};
+use contract::{
+    dead_letter,
+    events::{OrderItem, OrderPlaced},
+};
+use shared::messaging::envelope::OutgoingMessage;
 use uuid::Uuid;
 
 use crate::helpers::*;
@@ -69,15 +73,10 @@ async fn an_exhausted_message_is_recorded_once_even_if_its_advisory_arrives_twic
 
     // The work queue no longer keeps it.
     let js = dlq.nats.jetstream().await;
-    let stream = js.get_stream("orders_stream").await.unwrap();
+    let stream = js.get_stream(contract::streams::ORDERS_STREAM).await.unwrap();
     assert!(stream.get_raw_message(sequence).await.is_err(), "deleted from orders_stream");
     // order-api is told, once.
-    let events: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE subject = 'order_events.dead_lettered'")
-            .fetch_one(&dlq.pool)
-            .await
-            .unwrap();
-    assert_eq!(events, 1);
+    assert_eq!(dlq.outbox_count("order_events.dead_lettered").await, 1);
 }
 
 #[tokio::test]

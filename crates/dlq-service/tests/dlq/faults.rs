@@ -7,13 +7,17 @@ use async_nats::{
     HeaderMap,
     jetstream::{self, consumer::PullConsumer},
 };
+use contract::{
+    dead_letter,
+    events::{OrderItem, OrderPlaced, OrderReserved},
+    streams::{self, EVENTS_STREAM, ORDERS_STREAM, UNPROCESSED_STREAM},
+};
 use futures::StreamExt;
 use reqwest::StatusCode;
 use serde_json::json;
 use shared::{
-    config::{ConsumerSettings, Env},
-    messages::{OrderItem, OrderPlaced, OrderReserved, OutgoingMessage, dead_letter},
-    topology::{self, EVENTS_STREAM, ORDERS_STREAM, UNPROCESSED_STREAM},
+    config::Env,
+    messaging::{consumer::ConsumerSettings, envelope::OutgoingMessage, topology},
 };
 use test_support::wait_until;
 use uuid::Uuid;
@@ -74,12 +78,15 @@ fn fail_every_delivery(consumer: PullConsumer) -> tokio::task::JoinHandle<()> {
     })
 }
 
-async fn outbox_count(dlq: &TestDlq, subject: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE subject = $1")
-        .bind(subject)
-        .fetch_one(&dlq.pool)
-        .await
-        .unwrap()
+/// Publishes the MAX_DELIVERIES advisory JetStream would for `stream_seq` of `orders_stream`
+/// and the workers' consumer, after `deliveries` attempts (or a forgery of one).
+async fn publish_worker_advisory(js: &jetstream::Context, stream_seq: u64, deliveries: u64) {
+    let advisory = json!({
+        "type": "io.nats.jetstream.advisory.v1.max_deliver", "timestamp": "2026-11-22T10:00:00Z",
+        "stream": ORDERS_STREAM, "consumer": "inventory-worker", "stream_seq": stream_seq, "deliveries": deliveries,
+    });
+    let subject = format!("{}orders_stream.inventory-worker", streams::MAX_DELIVERIES_ADVISORY_PREFIX);
+    js.publish(subject, advisory.to_string().into()).await.unwrap().await.unwrap();
 }
 
 async fn still_in(js: &jetstream::Context, stream: &str, sequence: u64) -> bool {
@@ -95,7 +102,7 @@ async fn an_event_the_projection_gives_up_on_is_a_dead_letter_and_stays_in_order
     let reserved = OrderReserved {
         version: 1,
         order_id: Uuid::now_v7(),
-        items: vec![OrderItem { sku: "WIDGET-1".into(), quantity: 1 }],
+        items: vec![OrderItem::new("WIDGET-1", 1)],
         reserved_at: chrono::Utc::now(),
     };
     let event = OutgoingMessage::event(&reserved, "inventory-worker");
@@ -116,7 +123,7 @@ async fn an_event_the_projection_gives_up_on_is_a_dead_letter_and_stays_in_order
     assert_eq!(row["message_id"], event.message_id.to_string());
     dlq.wait_until_captured().await;
     assert!(still_in(&js, EVENTS_STREAM, sequence).await, "order_events keeps it for its other readers");
-    assert_eq!(outbox_count(&dlq, "order_events.dead_lettered").await, 0, "the order was reserved: not dead");
+    assert_eq!(dlq.outbox_count("order_events.dead_lettered").await, 0, "the order was reserved: not dead");
 
     // A replay gives the event back to its readers, with the same logical ID.
     let id = row["id"].as_str().unwrap();
@@ -150,7 +157,7 @@ async fn a_forged_advisory_naming_an_order_events_message_deletes_nothing() {
         })
         .to_string()
     };
-    let prefix = topology::MAX_DELIVERIES_ADVISORY_PREFIX;
+    let prefix = streams::MAX_DELIVERIES_ADVISORY_PREFIX;
     for (subject, body) in [
         (format!("{prefix}orders_stream.inventory-worker"), forged(EVENTS_STREAM, "inventory-worker")),
         (format!("{prefix}orders_stream.inventory-worker"), forged(ORDERS_STREAM, "someone-else")),
@@ -170,7 +177,7 @@ async fn a_forged_advisory_naming_an_order_events_message_deletes_nothing() {
         assert_eq!(stream, UNPROCESSED_STREAM, "recorded as unrecognised, where it arrived");
         assert!(reason.contains("advisory body names"), "{reason}");
     }
-    assert_eq!(outbox_count(&dlq, "order_events.dead_lettered").await, 0);
+    assert_eq!(dlq.outbox_count("order_events.dead_lettered").await, 0);
 }
 
 /// Row 10: an advisory on the right subject, naming a waiting order its consumer has not
@@ -181,12 +188,7 @@ async fn a_forged_advisory_naming_an_undelivered_order_deletes_nothing() {
     let js = dlq.nats.jetstream().await;
     short_lived_consumer(&js, ORDERS_STREAM, "orders.new", "inventory-worker").await;
     let sequence = publish_message(&js, &OutgoingMessage::event(&order(1), "order-api")).await;
-    let forged = json!({
-        "type": "io.nats.jetstream.advisory.v1.max_deliver", "timestamp": "2026-11-22T10:00:00Z",
-        "stream": ORDERS_STREAM, "consumer": "inventory-worker", "stream_seq": sequence, "deliveries": 2,
-    });
-    let subject = format!("{}orders_stream.inventory-worker", topology::MAX_DELIVERIES_ADVISORY_PREFIX);
-    js.publish(subject, forged.to_string().into()).await.unwrap().await.unwrap();
+    publish_worker_advisory(&js, sequence, 2).await;
     dlq.wait_for_rows(1).await;
     dlq.wait_until_captured().await;
 
@@ -195,7 +197,7 @@ async fn a_forged_advisory_naming_an_undelivered_order_deletes_nothing() {
         sqlx::query_as("SELECT source_stream, reason FROM dead_letters").fetch_one(&dlq.pool).await.unwrap();
     assert_eq!(stream, UNPROCESSED_STREAM);
     assert!(reason.contains("has not delivered yet"), "{reason}");
-    assert_eq!(outbox_count(&dlq, "order_events.dead_lettered").await, 0);
+    assert_eq!(dlq.outbox_count("order_events.dead_lettered").await, 0);
 }
 
 /// Row 11: an order exhausts its deliveries while dlq-service is down, and its advisory is
@@ -229,7 +231,7 @@ async fn the_sweep_records_an_exhausted_order_whose_advisory_was_lost() {
     assert_eq!(row["consumer"], "inventory-worker");
     assert!(row["reason"].as_str().unwrap().contains("sweep"), "{row}");
     wait_until("the order's status is told", Duration::from_secs(5), || async {
-        (outbox_count(&dlq, "order_events.dead_lettered").await == 1).then_some(())
+        (dlq.outbox_count("order_events.dead_lettered").await == 1).then_some(())
     })
     .await;
     assert!(!still_in(&js, ORDERS_STREAM, sequence).await, "removed from the work queue");
@@ -371,12 +373,7 @@ async fn a_last_error_note_is_deleted_once_its_dead_letter_holds_it_and_stale_no
             .await
             .unwrap();
     }
-    let advisory = json!({
-        "type": "io.nats.jetstream.advisory.v1.max_deliver", "timestamp": "2026-11-22T10:00:00Z",
-        "stream": ORDERS_STREAM, "consumer": "inventory-worker", "stream_seq": sequence, "deliveries": 5,
-    });
-    let subject = format!("{}orders_stream.inventory-worker", topology::MAX_DELIVERIES_ADVISORY_PREFIX);
-    js.publish(subject, advisory.to_string().into()).await.unwrap().await.unwrap();
+    publish_worker_advisory(&js, sequence, 5).await;
     dlq.wait_for_rows(1).await;
     dlq.wait_until_captured().await;
 
@@ -403,18 +400,13 @@ async fn an_order_of_an_unknown_version_is_recorded_with_its_order_id() {
     let js = dlq.nats.jetstream().await;
     let future = order(99);
     let sequence = publish_message(&js, &OutgoingMessage::event(&future, "order-api")).await;
-    let advisory = json!({
-        "type": "io.nats.jetstream.advisory.v1.max_deliver", "timestamp": "2026-11-22T10:00:00Z",
-        "stream": ORDERS_STREAM, "consumer": "inventory-worker", "stream_seq": sequence, "deliveries": 5,
-    });
-    let subject = format!("{}orders_stream.inventory-worker", topology::MAX_DELIVERIES_ADVISORY_PREFIX);
-    js.publish(subject, advisory.to_string().into()).await.unwrap().await.unwrap();
+    publish_worker_advisory(&js, sequence, 5).await;
     dlq.wait_for_rows(1).await;
 
     let order_id: Option<Uuid> =
         sqlx::query_scalar("SELECT order_id FROM dead_letters").fetch_one(&dlq.pool).await.unwrap();
     assert_eq!(order_id, Some(future.order_id));
-    assert_eq!(outbox_count(&dlq, "order_events.dead_lettered").await, 1, "its status is told");
+    assert_eq!(dlq.outbox_count("order_events.dead_lettered").await, 1, "its status is told");
 }
 
 /// Row 15: every kind of dead letter shows on /metrics from start-up, `gone` included.

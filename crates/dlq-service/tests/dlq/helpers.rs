@@ -2,8 +2,9 @@
 
 use std::time::Duration;
 
+use contract::streams;
 use dlq_service::{Application, Config, store};
-use shared::{config::Env, topology};
+use shared::{config::Env, messaging::topology};
 use sqlx::PgPool;
 use test_support::{
     NatsServer, TestDatabase,
@@ -43,10 +44,10 @@ pub struct Servers {
 impl Servers {
     /// Starts nats-server and declares the streams (as any service does at start-up).
     pub async fn start() -> Self {
-        test_support::init_logging();
+        test_support::init_logging_with(shared::telemetry::init_for_tests);
         let servers = Self { nats: NatsServer::start().await, db: TestDatabase::new() };
         let config = servers.config(&[]);
-        topology::ensure_streams(&servers.nats.jetstream().await, &config.nats).await.unwrap();
+        topology::ensure_streams(&servers.nats.jetstream().await, &config.service.nats).await.unwrap();
         servers
     }
 
@@ -66,7 +67,7 @@ impl Servers {
 
     /// Creates and migrates the database, as dlq-service would at start-up.
     pub async fn migrate(&self) -> PgPool {
-        dlq_service::connect_database(&self.config(&[]).database).await.unwrap();
+        dlq_service::SERVICE.connect_database(&self.config(&[]).service.database).await.unwrap();
         self.db.pool(dlq_service::SCHEMA).await
     }
 }
@@ -90,6 +91,15 @@ impl TestDlq {
         sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&self.pool).await.unwrap()
     }
 
+    /// How many messages on `subject` the service has written to its outbox.
+    pub async fn outbox_count(&self, subject: &str) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outbox WHERE subject = $1")
+            .bind(subject)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     pub async fn wait_for_rows(&self, n: i64) {
         wait_until(&format!("{n} dead letters are recorded"), Duration::from_secs(15), || async {
             (self.rows().await >= n).then_some(())
@@ -101,7 +111,7 @@ impl TestDlq {
     pub async fn wait_until_captured(&self) {
         let js = self.nats.jetstream().await;
         wait_until("capture has handled every message", Duration::from_secs(15), || async {
-            let stream = js.get_stream(topology::UNPROCESSED_STREAM).await.ok()?;
+            let stream = js.get_stream(streams::UNPROCESSED_STREAM).await.ok()?;
             let info = stream.consumer_info("dlq-service").await.ok()?;
             (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
         })
@@ -155,10 +165,11 @@ impl TestDlq {
 
 /// A dead letter for an order placed on `orders.new`.
 pub fn order_letter(sequence: i64) -> store::NewDeadLetter {
-    use shared::messages::{OrderItem, OrderPlaced};
+    use contract::events::{OrderItem, OrderPlaced};
     let order = OrderPlaced::new("c-1", vec![OrderItem::new("WIDGET-1", 1)]);
-    let message = shared::messages::OutgoingMessage::event(&order, "order-api");
+    let message = shared::messaging::envelope::OutgoingMessage::event(&order, "order-api");
     store::NewDeadLetter {
+        kind: "exhausted",
         source_stream: "orders_stream".into(),
         source_sequence: sequence,
         subject: Some("orders.new".into()),

@@ -3,6 +3,7 @@
 
 mod auth;
 mod capture;
+mod console;
 mod faults;
 mod helpers;
 mod review;

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use shared::{messages::OutgoingMessage, topology::ORDERS_STREAM};
+use contract::streams::ORDERS_STREAM;
+use shared::messaging::envelope::OutgoingMessage;
 use sqlx::{Connection, PgConnection};
 use test_support::{NatsServer, PostgresServer, TestDatabase, wait_until};
 use tokio_util::sync::CancellationToken;
@@ -94,9 +95,7 @@ async fn a_row_lock_held_elsewhere_holds_up_only_the_orders_that_need_that_row()
 
 #[tokio::test]
 async fn a_deleted_durable_consumer_is_declared_again_and_orders_flow_again() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let worker = spawn_worker(&nats, &db, &[]).await;
+    let (nats, _db, worker) = start_worker().await;
     let js = nats.jetstream().await;
     publish_order(&js, &order(&[("WIDGET-1", 1)])).await;
     wait_for_reserved(&worker.inventory, "WIDGET-1", 1, EVENT_TIMEOUT).await;

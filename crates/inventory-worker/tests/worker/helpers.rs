@@ -3,12 +3,15 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
+use contract::{
+    events::{OrderItem, OrderPlaced},
+    streams::ORDERS_STREAM,
+    subjects::ORDERS_NEW,
+};
 use inventory_worker::{Application, Config, reservation::Reservations};
 use shared::{
     config::Env,
-    consumer::IdempotentConsumer,
-    messages::{OrderItem, OrderPlaced, OutgoingMessage, subjects::ORDERS_NEW},
-    topology::{self, ORDERS_STREAM},
+    messaging::{consumer::IdempotentConsumer, envelope::OutgoingMessage, topology},
 };
 use sqlx::PgPool;
 use test_support::{NatsServer, TestDatabase, http::InventoryApi, wait_until};
@@ -44,7 +47,7 @@ pub fn env<'a>(nats_url: &'a str, db_url: &'a str, overrides: &[(&'a str, &'a st
 }
 
 pub async fn spawn_worker(nats: &NatsServer, db: &TestDatabase, overrides: &[(&str, &str)]) -> TestWorker {
-    test_support::init_logging();
+    test_support::init_logging_with(shared::telemetry::init_for_tests);
     let (nats_url, db_url) = (nats.url(), db.url());
     let config = Config::from_env(&env(&nats_url, &db_url, overrides)).expect("test configuration");
     let shutdown = CancellationToken::new();
@@ -54,8 +57,17 @@ pub async fn spawn_worker(nats: &NatsServer, db: &TestDatabase, overrides: &[(&s
     TestWorker { inventory, shutdown }
 }
 
+/// A worker with default settings, on a nats-server and a database of its own: how most tests
+/// start.
+pub async fn start_worker() -> (NatsServer, TestDatabase, TestWorker) {
+    let nats = NatsServer::start().await;
+    let db = TestDatabase::new();
+    let worker = spawn_worker(&nats, &db, &[]).await;
+    (nats, db, worker)
+}
+
 pub fn order(items: &[(&str, u32)]) -> OrderPlaced {
-    OrderPlaced::new("c-test", items.iter().map(|(sku, quantity)| OrderItem::new(*sku, *quantity)).collect())
+    OrderPlaced::new("c-test", items.iter().map(|(sku, quantity)| OrderItem::new(sku, *quantity)).collect())
 }
 
 /// Publishes a message to JetStream as the outbox relay would, and returns its stream sequence.
@@ -91,6 +103,12 @@ pub async fn processed_count(pool: &PgPool, message_id: Uuid) -> i64 {
 
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// The next message on `subscriber`, which must come within [`EVENT_TIMEOUT`] (`what` names it).
+pub async fn next_message(subscriber: &mut async_nats::Subscriber, what: &str) -> async_nats::Message {
+    let next = tokio::time::timeout(EVENT_TIMEOUT, futures::StreamExt::next(subscriber)).await;
+    next.unwrap_or_else(|_| panic!("{what} within {EVENT_TIMEOUT:?}")).expect("subscription open")
+}
+
 /// An idempotent consumer of the worker's durable consumer, built as the worker builds it but
 /// not running: a test drives it one batch at a time, or runs it itself.
 pub struct OwnConsumer {
@@ -104,8 +122,8 @@ pub async fn own_consumer(nats: &NatsServer, db: &TestDatabase) -> OwnConsumer {
     let (nats_url, db_url) = (nats.url(), db.url());
     let config = Config::from_env(&env(&nats_url, &db_url, &[])).expect("test configuration");
     let js = nats.jetstream().await;
-    let pool = inventory_worker::connect_database(&config.database).await.expect("database");
-    topology::ensure_streams(&js, &config.nats).await.expect("streams");
+    let pool = inventory_worker::SERVICE.connect_database(&config.service.database).await.expect("database");
+    topology::ensure_streams(&js, &config.service.nats).await.expect("streams");
     let pull =
         topology::ensure_consumer(&js, ORDERS_STREAM, ORDERS_NEW, &config.consumer).await.expect("consumer");
     let consumer = IdempotentConsumer::new(

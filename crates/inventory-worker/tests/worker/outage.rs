@@ -24,7 +24,7 @@ async fn while_postgres_is_down_the_worker_stops_pulling_and_every_order_survive
     postgres.stop();
     let mut first_sequence = None;
     for _ in 0..5 {
-        let message = shared::messages::OutgoingMessage::event(&order(&[("WIDGET-1", 2)]), "test");
+        let message = shared::messaging::envelope::OutgoingMessage::event(&order(&[("WIDGET-1", 2)]), "test");
         first_sequence.get_or_insert(publish(&js, &message).await);
     }
     wait_until("the worker has taken orders it cannot store", EVENT_TIMEOUT, || async {

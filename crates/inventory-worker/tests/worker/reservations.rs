@@ -1,13 +1,15 @@
 //! Reserving stock from `orders.new`: once per logical message, all items or none, failures
 //! retried with backoff and finally left to JetStream's max-deliveries.
 
+use contract::{
+    dead_letter,
+    events::{OrderRejected, OrderReserved, decode},
+    streams::ORDERS_STREAM,
+    subjects::ORDERS_NEW,
+};
 use futures::StreamExt;
 use inventory_worker::reservation::Decision;
-use shared::{
-    consumer::Disposition,
-    messages::{OrderRejected, OrderReserved, OutgoingMessage, dead_letter, decode, subjects::ORDERS_NEW},
-    topology::ORDERS_STREAM,
-};
+use shared::messaging::{consumer::Disposition, envelope::OutgoingMessage};
 use test_support::{NatsServer, TestDatabase, wait_until};
 use uuid::Uuid;
 
@@ -15,16 +17,14 @@ use crate::helpers::*;
 
 #[tokio::test]
 async fn an_order_reserves_its_stock_and_announces_it_with_a_reserved_event() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let worker = spawn_worker(&nats, &db, &[]).await;
+    let (nats, _db, worker) = start_worker().await;
     let js = nats.jetstream().await;
     let mut events = nats.client().await.subscribe("order_events.>").await.unwrap();
 
     let order = order(&[("WIDGET-1", 2), ("GADGET-1", 1)]);
     publish_order(&js, &order).await;
 
-    let event = tokio::time::timeout(EVENT_TIMEOUT, events.next()).await.expect("an outcome event").unwrap();
+    let event = next_message(&mut events, "an outcome event").await;
     assert_eq!(event.subject.as_str(), "order_events.reserved");
     let headers = event.headers.as_ref().unwrap();
     assert_eq!(headers.get("ce-type").unwrap().as_str(), "order_events.reserved.v1");
@@ -44,9 +44,7 @@ async fn an_order_reserves_its_stock_and_announces_it_with_a_reserved_event() {
 
 #[tokio::test]
 async fn the_same_logical_id_stored_twice_by_the_broker_reserves_once() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let worker = spawn_worker(&nats, &db, &[]).await;
+    let (nats, db, worker) = start_worker().await;
     let js = nats.jetstream().await;
 
     let first = publish_order(&js, &order(&[("WIDGET-1", 5)])).await;
@@ -75,9 +73,7 @@ async fn the_same_logical_id_stored_twice_by_the_broker_reserves_once() {
 /// window), so in another batch, where only `processed_messages` can recognise it.
 #[tokio::test]
 async fn a_copy_arriving_after_the_first_was_processed_changes_nothing() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let worker = spawn_worker(&nats, &db, &[]).await;
+    let (nats, db, worker) = start_worker().await;
     let js = nats.jetstream().await;
 
     let first = publish_order(&js, &order(&[("WIDGET-1", 5)])).await;
@@ -100,9 +96,7 @@ async fn a_copy_arriving_after_the_first_was_processed_changes_nothing() {
 
 #[tokio::test]
 async fn a_resend_inside_the_duplicate_window_is_dropped_by_the_broker() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let _worker = spawn_worker(&nats, &db, &[]).await;
+    let (nats, _db, _worker) = start_worker().await;
     let js = nats.jetstream().await;
     let message = OutgoingMessage::event(&order(&[("WIDGET-1", 1)]), "test");
 
@@ -122,16 +116,14 @@ async fn a_resend_inside_the_duplicate_window_is_dropped_by_the_broker() {
 
 #[tokio::test]
 async fn short_stock_rejects_the_whole_order_with_a_reason_and_is_not_retried() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let worker = spawn_worker(&nats, &db, &[]).await;
+    let (nats, _db, worker) = start_worker().await;
     let js = nats.jetstream().await;
     let mut events = nats.client().await.subscribe("order_events.>").await.unwrap();
 
     let order = order(&[("WIDGET-1", 1), ("SCARCE-1", 11)]);
     publish_order(&js, &order).await;
 
-    let event = tokio::time::timeout(EVENT_TIMEOUT, events.next()).await.expect("an outcome event").unwrap();
+    let event = next_message(&mut events, "an outcome event").await;
     assert_eq!(event.subject.as_str(), "order_events.rejected");
     let rejected: OrderRejected = decode(&event.payload).unwrap();
     assert_eq!(rejected.order_id, order.order_id);
@@ -147,15 +139,13 @@ async fn short_stock_rejects_the_whole_order_with_a_reason_and_is_not_retried() 
 
 #[tokio::test]
 async fn an_unknown_sku_is_rejected() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let _worker = spawn_worker(&nats, &db, &[]).await;
+    let (nats, _db, _worker) = start_worker().await;
     let js = nats.jetstream().await;
     let mut events = nats.client().await.subscribe("order_events.rejected").await.unwrap();
 
     publish_order(&js, &order(&[("NO-SUCH-SKU", 1)])).await;
 
-    let event = tokio::time::timeout(EVENT_TIMEOUT, events.next()).await.expect("a rejection").unwrap();
+    let event = next_message(&mut events, "a rejection").await;
     let rejected: OrderRejected = decode(&event.payload).unwrap();
     assert_eq!(rejected.reason, "unknown SKU NO-SUCH-SKU");
 }
@@ -188,9 +178,7 @@ async fn a_flaky_order_fails_its_first_delivery_and_is_reserved_on_the_second() 
 
 #[tokio::test]
 async fn a_failing_order_exhausts_its_deliveries_and_stays_in_the_stream() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let worker = spawn_worker(&nats, &db, &[]).await;
+    let (nats, _db, worker) = start_worker().await;
     let js = nats.jetstream().await;
     let client = nats.client().await;
     let mut advisories = client
@@ -210,8 +198,7 @@ async fn a_failing_order_exhausts_its_deliveries_and_stays_in_the_stream() {
     assert_eq!(advisory["stream_seq"], sequence);
     assert_eq!(advisory["deliveries"], 3);
     // The last attempt's error was published for the dead-letter record.
-    let note =
-        tokio::time::timeout(EVENT_TIMEOUT, last_errors.next()).await.expect("a last-error note").unwrap();
+    let note = next_message(&mut last_errors, "a last-error note").await;
     let note_headers = note.headers.unwrap();
     assert_eq!(note_headers.get(dead_letter::SOURCE_SEQUENCE).unwrap().as_str(), sequence.to_string());
     assert_eq!(
@@ -227,9 +214,7 @@ async fn a_failing_order_exhausts_its_deliveries_and_stays_in_the_stream() {
 
 #[tokio::test]
 async fn a_poison_message_is_copied_to_the_dead_letter_stream_then_terminated_and_the_worker_keeps_serving() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let worker = spawn_worker(&nats, &db, &[]).await;
+    let (nats, _db, worker) = start_worker().await;
     let js = nats.jetstream().await;
     let mut copies = nats.client().await.subscribe(dead_letter::POISON_SUBJECT).await.unwrap();
 
@@ -253,7 +238,7 @@ async fn a_poison_message_is_copied_to_the_dead_letter_stream_then_terminated_an
     .await;
     let mut copied = Vec::new();
     while copied.len() < 2 {
-        let copy = tokio::time::timeout(EVENT_TIMEOUT, copies.next()).await.expect("a poison copy").unwrap();
+        let copy = next_message(&mut copies, "a poison copy").await;
         let header = |name: &str| copy.headers.as_ref().unwrap().get(name).unwrap().as_str().to_owned();
         let sequence: u64 = header(dead_letter::SOURCE_SEQUENCE).parse().unwrap();
         assert_eq!(header(dead_letter::SOURCE_STREAM), "orders_stream");

@@ -10,13 +10,11 @@ use test_support::{
 use inventory_worker::{Application, Config};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{env, spawn_worker};
+use crate::helpers::{env, spawn_worker, start_worker};
 
 #[tokio::test]
 async fn stock_can_be_read_and_set() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let worker = spawn_worker(&nats, &db, &[]).await;
+    let (_nats, _db, worker) = start_worker().await;
 
     let seeded = worker.inventory.get("WIDGET-1").await;
     assert_eq!((seeded.available, seeded.reserved), (1000, 0));
@@ -29,9 +27,7 @@ async fn stock_can_be_read_and_set() {
 
 #[tokio::test]
 async fn bad_stock_requests_are_problems() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let worker = spawn_worker(&nats, &db, &[]).await;
+    let (_nats, _db, worker) = start_worker().await;
     let http = reqwest::Client::new();
     let url = |sku: &str| format!("{}/inventory/{sku}", worker.inventory.base_url);
 
@@ -54,9 +50,7 @@ async fn bad_stock_requests_are_problems() {
 
 #[tokio::test]
 async fn setting_stock_has_the_same_rules_and_limits_as_placing_an_order() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let worker = spawn_worker(&nats, &db, &[]).await;
+    let (_nats, _db, worker) = start_worker().await;
     let http = reqwest::Client::new();
     let url = |sku: &str| format!("{}/inventory/{sku}", worker.inventory.base_url);
 
@@ -85,9 +79,7 @@ async fn setting_stock_has_the_same_rules_and_limits_as_placing_an_order() {
 
 #[tokio::test]
 async fn setting_stock_needs_an_operator_token_and_reading_it_does_not() {
-    let nats = NatsServer::start().await;
-    let db = TestDatabase::new();
-    let worker = spawn_worker(&nats, &db, &[]).await;
+    let (_nats, _db, worker) = start_worker().await;
     let http = reqwest::Client::new();
     let url = format!("{}/inventory/WIDGET-1", worker.inventory.base_url);
     let body = json!({"available": 5});

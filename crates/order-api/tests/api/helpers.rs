@@ -8,6 +8,10 @@ use tokio_util::sync::CancellationToken;
 
 pub struct TestApp {
     pub api: OrderApi,
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    /// The test database (as the superuser).
+    pub database_url: String,
     pub nats: NatsServer,
     /// A pool on the test database, in order-api's schema.
     pub pool: PgPool,
@@ -27,7 +31,7 @@ pub async fn spawn_app() -> TestApp {
 
 /// An app with some environment variables overridden.
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
-    test_support::init_logging();
+    test_support::init_logging_with(shared::telemetry::init_for_tests);
     let nats = NatsServer::start().await;
     let db = TestDatabase::new();
     let (nats_url, db_url) = (nats.url(), db.url());
@@ -44,10 +48,11 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
 
     let shutdown = CancellationToken::new();
     let app = Application::build(config, &shutdown).await.expect("build order-api");
-    let api = OrderApi::new(format!("http://{}", app.local_addr()));
+    let base_url = format!("http://{}", app.local_addr());
+    let api = OrderApi::new(base_url.clone());
     tokio::spawn(app.run_until_stopped(shutdown.clone()));
     let pool = db.pool(order_api::SCHEMA).await;
-    TestApp { api, nats, pool, shutdown, _db: db }
+    TestApp { api, base_url, database_url: db_url, nats, pool, shutdown, _db: db }
 }
 
 impl TestApp {
@@ -60,6 +65,26 @@ impl TestApp {
             .fetch_one(&self.pool)
             .await
             .unwrap()
+    }
+
+    /// Waits until a transaction of the service waits for a lock on `table` (of order-api's
+    /// schema) that a test holds.
+    pub async fn wait_until_someone_waits_for(&self, table: &str) {
+        let query = format!(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'order_api.{table}'::regclass"
+        );
+        test_support::wait_until(
+            "a transaction waits for the lock",
+            std::time::Duration::from_secs(10),
+            || async {
+                let waiting: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(query.clone()))
+                    .fetch_one(&self.pool)
+                    .await
+                    .ok()?;
+                (waiting > 0).then_some(())
+            },
+        )
+        .await;
     }
 
     pub async fn orders_count(&self) -> i64 {

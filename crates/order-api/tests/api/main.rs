@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used)] // A test that cannot go on should panic, loudly.
 
 mod faults;
+mod group_commit;
 mod helpers;
 mod orders;
 mod outbox;

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
+use contract::events::{OrderPlaced, decode};
 use futures::future::join_all;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use shared::messages::{OrderPlaced, decode};
 use test_support::{http::order_body, wait_until};
 
 use crate::helpers::spawn_app;

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use shared::messages::{OrderRejected, OrderReserved, OutgoingMessage};
+use contract::events::{OrderRejected, OrderReserved};
+use shared::messaging::envelope::OutgoingMessage;
 use test_support::wait_until;
 use uuid::Uuid;
 
@@ -146,9 +147,9 @@ async fn an_unknown_event_type_is_acknowledged_and_ignored() {
     let id = app.api.place_ok("c-1", &[("WIDGET-1", 1)], None).await;
     let mut newcomer = reserved(id.parse().unwrap());
     newcomer.subject = "order_events.gift_wrapped".into();
-    newcomer.headers.insert(shared::messages::headers::TYPE.into(), "com.example.order.gift_wrapped".into());
+    newcomer.headers.insert(contract::headers::TYPE.into(), "com.example.order.gift_wrapped".into());
     let client = app.nats.client().await;
-    let mut poison = client.subscribe(shared::messages::dead_letter::POISON_SUBJECT).await.unwrap();
+    let mut poison = client.subscribe(contract::dead_letter::POISON_SUBJECT).await.unwrap();
 
     publish(&app, &newcomer).await;
     publish(&app, &reserved(id.parse().unwrap())).await;
@@ -167,4 +168,41 @@ async fn an_unknown_event_type_is_acknowledged_and_ignored() {
             .is_err(),
         "an unknown event type is not poison"
     );
+}
+
+/// The projection applies a batch of events with one statement; an order with two events in
+/// the batch gets them in their order.
+#[tokio::test]
+async fn a_batch_of_events_is_applied_at_once_and_two_events_for_one_order_in_their_order() {
+    let app = spawn_app().await;
+    let mut ids = Vec::new();
+    for customer in ["c-0", "c-1", "c-2", "c-3"] {
+        ids.push(app.api.place_ok(customer, &[("WIDGET-1", 1)], None).await);
+    }
+    // The projection's next transaction waits for this lock, while the events behind it
+    // gather in the stream for the batch after.
+    let mut lock = app.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE orders IN EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    publish(&app, &reserved(ids[0].parse().unwrap())).await;
+    app.wait_until_someone_waits_for("orders").await;
+    let dead_lettered = OutgoingMessage::event(
+        &contract::events::OrderDeadLettered {
+            version: 1,
+            order_id: ids[1].parse().unwrap(),
+            reason: "failed".into(),
+            dead_letter_id: Uuid::now_v7(),
+            dead_lettered_at: Utc::now(),
+        },
+        "test",
+    );
+    for message in [&dead_lettered, &reserved(ids[1].parse().unwrap()), &reserved(ids[2].parse().unwrap())] {
+        publish(&app, message).await;
+    }
+    lock.commit().await.unwrap();
+
+    for id in &ids[..3] {
+        app.api.wait_for_status(id, "reserved", Duration::from_secs(15)).await;
+    }
+    let (_, untouched) = app.api.get(&ids[3]).await;
+    assert_eq!(untouched["status"], "pending");
 }

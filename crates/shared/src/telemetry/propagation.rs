@@ -7,7 +7,7 @@
 //!
 //! The outbox stores the headers *when the row is written*, inside the request's span, so the
 //! relay's publish, seconds later and in another task, continues the request's trace rather
-//! than the relay loop's (see [`crate::outbox`]).
+//! than the relay loop's (see [`crate::messaging::outbox`]).
 
 use std::sync::{
     LazyLock,

@@ -11,22 +11,28 @@
 //!   responses and propagation) but nothing is sent anywhere, and nothing complains.
 //!
 //! [`Telemetry::shutdown`] flushes spans not yet exported; services call it on the way out.
+//!
+//! # Layout
+//! - [`propagation`]: trace context (and baggage) in NATS and HTTP headers.
+//! - [`spans`]: the spans every service opens the same way (publish, process, database).
+//! - `logs`: the log line format, with trace IDs, and error chains on one line.
 
-use std::fmt;
+mod logs;
 
-use opentelemetry::{global, trace::TraceContextExt, trace::TracerProvider as _};
+use logs::WithTraceIds;
+pub mod propagation;
+pub mod spans;
+
+pub use logs::error_chain;
+pub use spans::{current_trace_id, db_span, process_span, publish_span, record_error};
+
+use opentelemetry::{global, trace::TracerProvider as _};
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
-use tracing::{Event, Subscriber};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::{
     EnvFilter, Layer,
     filter::LevelFilter,
-    fmt::{
-        FmtContext, FormatEvent, FormatFields,
-        format::{self, Writer},
-    },
+    fmt::format::{self},
     layer::SubscriberExt,
-    registry::LookupSpan,
     util::SubscriberInitExt,
 };
 
@@ -132,7 +138,7 @@ impl Telemetry {
 pub fn init(service: &'static str) -> Result<Telemetry, ConfigError> {
     let env = Env::from_process();
     let export = export_from_env(&env)?;
-    crate::propagation::accept_client_baggage(env.parse("ACCEPT_CLIENT_BAGGAGE", false)?);
+    crate::telemetry::propagation::accept_client_baggage(env.parse("ACCEPT_CLIENT_BAGGAGE", false)?);
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let fmt_layer = if json {
@@ -145,7 +151,7 @@ pub fn init(service: &'static str) -> Result<Telemetry, ConfigError> {
         // Plain text: the same in a terminal, a log file and `docker compose logs`.
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
-            .event_format(WithTraceIds { inner: format::format(), json: false })
+            .event_format(text_format())
             .with_filter(filter)
             .boxed()
     };
@@ -190,6 +196,29 @@ pub fn init(service: &'static str) -> Result<Telemetry, ConfigError> {
     Ok(Telemetry { provider })
 }
 
+/// Logs for in-process tests (through `test_support::init_logging_with`): the services' own
+/// line format, `trace_id` and `span_id` included, into the test's captured output. Spans get
+/// their IDs from a tracer that exports nothing; the global tracer provider and propagator are
+/// left alone, so a test behaves the same with its logs shown or not.
+pub fn init_for_tests(filter: &str) {
+    let provider = SdkTracerProvider::builder().build();
+    let fmt_layer = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .event_format(text_format())
+        .with_test_writer()
+        .with_filter(EnvFilter::new(filter));
+    // The tracer keeps its provider alive, so the provider need not be kept here.
+    let otel_layer =
+        tracing_opentelemetry::layer().with_tracer(provider.tracer("test")).with_filter(LevelFilter::INFO);
+    // Another test of the same binary may have installed it already.
+    let _ = tracing_subscriber::registry().with(fmt_layer).with(otel_layer).try_init();
+}
+
+/// The text log line: the usual format, then the trace it belongs to.
+fn text_format() -> WithTraceIds<format::Format> {
+    WithTraceIds { inner: format::format(), json: false }
+}
+
 /// `service.name` from `OTEL_SERVICE_NAME` or `OTEL_RESOURCE_ATTRIBUTES` if set, else the
 /// service's own name; other attributes from `OTEL_RESOURCE_ATTRIBUTES`.
 fn resource(service: &'static str) -> Resource {
@@ -200,207 +229,9 @@ fn resource(service: &'static str) -> Resource {
     if named { from_env } else { Resource::builder().with_service_name(service).build() }
 }
 
-/// A PRODUCER span for publishing one message (OpenTelemetry messaging conventions).
-pub fn publish_span(subject: &str, message_id: &str) -> tracing::Span {
-    tracing::info_span!(
-        "publish",
-        otel.name = format!("publish {subject}"),
-        otel.kind = "producer",
-        otel.status_code = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-        messaging.system = "nats",
-        messaging.operation.type = "send",
-        messaging.operation.name = "publish",
-        messaging.destination.name = subject,
-        messaging.message.id = message_id,
-    )
-}
-
-/// A CONSUMER span for one delivery attempt of one message. Each attempt is its own span, so
-/// retries and their pauses show in the trace.
-pub fn process_span(
-    subject: &str,
-    message_id: &str,
-    consumer: &str,
-    attempt: u64,
-    stream_sequence: u64,
-) -> tracing::Span {
-    tracing::info_span!(
-        "process",
-        otel.name = format!("process {subject}"),
-        otel.kind = "consumer",
-        otel.status_code = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-        messaging.system = "nats",
-        messaging.operation.type = "process",
-        messaging.operation.name = "process",
-        messaging.destination.name = subject,
-        messaging.message.id = message_id,
-        messaging.consumer.group.name = consumer,
-        messaging.nats.delivery_attempt = attempt,
-        messaging.nats.stream_sequence = stream_sequence,
-        outcome = tracing::field::Empty,
-    )
-}
-
-/// A CLIENT span around database work (one transaction or statement).
-pub fn db_span(operation: &'static str) -> tracing::Span {
-    tracing::info_span!(
-        "db",
-        otel.name = operation,
-        otel.kind = "client",
-        otel.status_code = tracing::field::Empty,
-        error.type = tracing::field::Empty,
-        db.system.name = "postgresql",
-        db.operation.name = operation,
-    )
-}
-
-/// Marks a span failed: error status, and `error.type`, a short class of the failure.
-pub fn record_error(span: &tracing::Span, error_type: &str, message: &str) {
-    span.record("otel.status_code", "ERROR");
-    span.record("error.type", error_type);
-    span.set_status(opentelemetry::trace::Status::error(message.to_owned()));
-}
-
-/// The ID of the current trace, for responses and records ("open this trace in Jaeger").
-pub fn current_trace_id() -> Option<String> {
-    let cx = tracing::Span::current().context();
-    let span = cx.span();
-    let span_context = span.span_context();
-    span_context.is_valid().then(|| span_context.trace_id().to_string())
-}
-
-/// Formats a log line as usual, then adds the `trace_id` and `span_id` of the span it was
-/// written in.
-struct WithTraceIds<F> {
-    inner: F,
-    json: bool,
-}
-
-impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
-where
-    S: Subscriber + for<'a> LookupSpan<'a>,
-    N: for<'a> FormatFields<'a> + 'static,
-    F: FormatEvent<S, N>,
-{
-    fn format_event(
-        &self,
-        ctx: &FmtContext<'_, S, N>,
-        mut writer: Writer<'_>,
-        event: &Event<'_>,
-    ) -> fmt::Result {
-        let mut line = String::new();
-        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
-        let ids = ctx.lookup_current().and_then(|_| {
-            let cx = tracing::Span::current().context();
-            let span = cx.span();
-            let span_context = span.span_context();
-            span_context
-                .is_valid()
-                .then(|| (span_context.trace_id().to_string(), span_context.span_id().to_string()))
-        });
-        let line = line.trim_end_matches('\n');
-        // JSON escapes by itself; in text, one event must stay one line, so that a value a
-        // client sent (a reason, a header) cannot start a forged log line.
-        let line = if self.json { std::borrow::Cow::Borrowed(line) } else { one_line(line) };
-        match ids {
-            None => writeln!(writer, "{line}"),
-            Some((trace_id, span_id)) if self.json => match line.strip_suffix('}') {
-                Some(object) => {
-                    writeln!(writer, r#"{object},"trace_id":"{trace_id}","span_id":"{span_id}"}}"#)
-                }
-                None => writeln!(writer, "{line}"),
-            },
-            Some((trace_id, span_id)) => writeln!(writer, "{line} trace_id={trace_id} span_id={span_id}"),
-        }
-    }
-}
-
-/// An error and its causes on one line, `outer: cause: root cause`, leaving out a cause whose
-/// message the one before it already includes (many errors print their source in their own
-/// message, and `{:#}` would repeat it: `Connection refused (os error 111): Connection refused
-/// (os error 111)`).
-pub fn error_chain(err: &anyhow::Error) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    for cause in err.chain() {
-        let message = cause.to_string();
-        if !parts.last().is_some_and(|previous| previous.contains(&message)) {
-            parts.push(message);
-        }
-    }
-    parts.join(": ")
-}
-
-/// `text` with line breaks and other control characters (tab aside) escaped as `\n`, `\r`,
-/// `\u{1b}`, …
-fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text.chars().any(|c| c.is_control() && c != '\t') {
-        return std::borrow::Cow::Borrowed(text);
-    }
-    let mut escaped = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => escaped.push_str("\\n"),
-            '\r' => escaped.push_str("\\r"),
-            '\t' => escaped.push('\t'),
-            c if c.is_control() => escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
-            c => escaped.push(c),
-        }
-    }
-    std::borrow::Cow::Owned(escaped)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn an_error_chain_names_each_cause_once() {
-        let io =
-            std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
-        #[derive(Debug, thiserror::Error)]
-        #[error("error communicating with database: {0}")]
-        struct Talk(#[source] std::io::Error);
-        let err = anyhow::Error::new(Talk(io)).context("could not connect to Postgres");
-        assert_eq!(
-            error_chain(&err),
-            "could not connect to Postgres: error communicating with database: Connection refused (os error 111)"
-        );
-    }
-
-    #[test]
-    fn a_value_with_line_breaks_cannot_forge_a_log_line() {
-        let written = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
-        let sink = written.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .event_format(WithTraceIds { inner: format::format(), json: false })
-            .with_writer(move || WriteTo(sink.clone()))
-            .finish();
-        tracing::subscriber::with_default(subscriber, || {
-            let reason = "out of stock\n2026-11-30T00:00:00Z  INFO forged: all good\r\u{1b}[2J";
-            tracing::info!(%reason, "discarded");
-        });
-        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
-        assert_eq!(text.lines().count(), 1, "{text}");
-        assert!(
-            text.contains(r"out of stock\n2026-11-30T00:00:00Z  INFO forged: all good\r\u{1b}[2J"),
-            "{text}"
-        );
-    }
-
-    struct WriteTo(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-    impl std::io::Write for WriteTo {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     #[test]
     fn without_an_endpoint_nothing_is_exported() {

@@ -29,7 +29,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::RelaySettings;
+use crate::messaging::outbox::RelaySettings;
 
 /// Most rows one `DELETE` removes: a short transaction, however large the backlog.
 const BATCH: i64 = 5_000;

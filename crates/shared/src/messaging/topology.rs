@@ -21,27 +21,16 @@ use async_nats::jetstream::{
     stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
 };
 
-use crate::config::{ConsumerSettings, EventsStreamSettings, NatsConfig, OrdersStreamSettings};
+use contract::streams::{
+    DEAD_LETTER_SOURCES, EVENTS_STREAM, EVENTS_SUBJECTS, ORDERS_STREAM, ORDERS_SUBJECTS, UNPROCESSED_STREAM,
+    max_deliveries_advisories,
+};
 
-pub const ORDERS_STREAM: &str = "orders_stream";
-pub const ORDERS_SUBJECTS: &str = "orders.*";
-pub const EVENTS_STREAM: &str = "order_events";
-pub const EVENTS_SUBJECTS: &str = "order_events.>";
-pub const UNPROCESSED_STREAM: &str = "orders_unprocessed";
-/// JetStream publishes `<prefix><stream>.<consumer>` when a message reached its consumer's
-/// `max_deliver`.
-pub const MAX_DELIVERIES_ADVISORY_PREFIX: &str = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.";
-/// The streams whose durable consumers can give up on a message, so whose MAX_DELIVERIES
-/// advisories `orders_unprocessed` captures, so that no consumer can drop a message without a
-/// dead letter. (The projection gives up on an event itself and sends a copy, see
-/// [`crate::config::GivesUp`]; a consumer someone adds to `order_events` may leave it to
-/// JetStream. The dead-letter service's own consumer of `orders_unprocessed` never gives up.)
-pub const DEAD_LETTER_SOURCES: [&str; 2] = [ORDERS_STREAM, EVENTS_STREAM];
-
-/// The advisory subject of every consumer of `stream`.
-pub fn max_deliveries_advisories(stream: &str) -> String {
-    format!("{MAX_DELIVERIES_ADVISORY_PREFIX}{stream}.*")
-}
+use crate::{
+    config::{ConfigError, Env},
+    messaging::consumer::ConsumerSettings,
+    nats::NatsConfig,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TopologyError {
@@ -276,3 +265,49 @@ fn is_as_wanted(existing: &jetstream::consumer::Config, wanted: &pull::Config) -
         && existing.ack_wait == wanted.ack_wait
         && existing.max_ack_pending == wanted.max_ack_pending
 }
+
+/// Limits of the `orders_stream` work queue (the seed article's values by default).
+///
+/// All services that declare the stream must agree on these: each one updates the stream to its
+/// own values at start-up.
+#[derive(Debug, Clone)]
+pub struct OrdersStreamSettings {
+    /// `ORDERS_STREAM_MAX_BYTES`: with `discard: new`, a full stream refuses new orders instead of
+    /// dropping old ones; the outbox then holds them (backpressure, not loss).
+    pub max_bytes: u64,
+    /// `ORDERS_STREAM_MAX_MSG_SIZE`.
+    pub max_message_size: u64,
+    /// `ORDERS_STREAM_DUPLICATE_WINDOW`: how long the broker remembers `Nats-Msg-Id`s.
+    pub duplicate_window: Duration,
+}
+
+impl OrdersStreamSettings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_bytes: env.bytes("ORDERS_STREAM_MAX_BYTES", 256 << 20)?,
+            max_message_size: env.bytes("ORDERS_STREAM_MAX_MSG_SIZE", 1 << 20)?,
+            duplicate_window: env.duration("ORDERS_STREAM_DUPLICATE_WINDOW", Duration::from_secs(120))?,
+        })
+    }
+}
+
+/// Limits of the `order_events` stream.
+#[derive(Debug, Clone)]
+pub struct EventsStreamSettings {
+    /// `EVENTS_STREAM_MAX_AGE`: events are history; a week of it is kept.
+    pub max_age: Duration,
+    /// `EVENTS_STREAM_MAX_BYTES`.
+    pub max_bytes: u64,
+}
+
+impl EventsStreamSettings {
+    pub fn from_env(env: &Env) -> Result<Self, ConfigError> {
+        Ok(Self {
+            max_age: env.duration("EVENTS_STREAM_MAX_AGE", Duration::from_secs(7 * 24 * 3600))?,
+            max_bytes: env.bytes("EVENTS_STREAM_MAX_BYTES", 1 << 30)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {}

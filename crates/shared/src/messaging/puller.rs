@@ -22,7 +22,7 @@ use async_nats::jetstream::{self, consumer::PullConsumer};
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::{config::ConsumerSettings, topology};
+use crate::messaging::{consumer::ConsumerSettings, topology};
 
 /// How long a pull waits for a first message before it is sent again; also how long stopping
 /// waits for a pull in flight.

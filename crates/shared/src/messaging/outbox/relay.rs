@@ -1,125 +1,15 @@
-//! The transactional outbox and its relay.
-//!
-//! **Why:** a service that commits to Postgres and then publishes to NATS loses the message if it
-//! crashes in between; one that publishes first announces changes that may roll back. Instead the
-//! message is inserted into the `outbox` table *in the same transaction* as the change
-//! ([`enqueue`]), and the [`OutboxRelay`] publishes committed rows afterwards. While NATS is down,
-//! rows simply wait; nothing is lost and the HTTP caller is not made to wait.
-//!
-//! **How the relay works:** claim a batch of unsent rows with `FOR UPDATE SKIP LOCKED` (so several
-//! replicas share the work without sending a row twice at the same time), publish them all without
-//! waiting, then await every PubAck (pipelining: one round trip per batch, not per row), mark the
-//! acknowledged rows sent and commit. A crash after publishing but before the commit re-sends the
-//! rows later with the same `Nats-Msg-Id`: inside the stream's duplicate window the broker drops
-//! them; after it, consumers' idempotency does.
-//!
-//! **A row the broker refuses for good** (no stream for its subject, larger than the stream's
-//! `max_message_size`: see [`is_permanent`]) must not hold up the rows behind it. Sending it
-//! again cannot help, so such a refusal does not fail the round (no pause): the row records the
-//! error and waits `OUTBOX_RETRY_MAX` before it is tried again, out of the way. If it is still
-//! refused after `OUTBOX_QUARANTINE_AFTER` (5 min by default; the delay is there because "no
-//! stream" can also be an operator re-creating a stream), it is **quarantined**: kept, never
-//! sent, logged at error level and counted in `outbox_quarantined_messages`, until a person
-//! fixes the cause and releases it (`migrations/shared/0002_*.sql` shows how). Transient failures
-//! (timeouts, NATS down, a full stream) fail the round, and the relay pauses and retries as
-//! before.
-//!
-//! **Waking up:** the code that committed rows calls [`OutboxWaker::wake`], an in-process signal.
-//! A timer ([`RelaySettings::poll_interval`]) catches rows written by other processes or left by a
-//! crash. (Postgres `LISTEN/NOTIFY` would also work, but `NOTIFY` takes a database-wide lock at
-//! every commit: a cost paid per order, for a signal the process can give itself.)
+//! The relay: publishes committed outbox rows to JetStream, pipelined, and marks them sent (the
+//! how and why are in the [module docs above](super)).
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, message::PublishMessage};
 use sqlx::{PgConnection, PgPool, types::Json};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::{config::RelaySettings, messages::OutgoingMessage, propagation, telemetry};
-
-/// Inserts messages into the outbox inside the caller's transaction. One statement for any
-/// number of messages.
-pub async fn enqueue(conn: &mut PgConnection, messages: &[OutgoingMessage]) -> Result<(), sqlx::Error> {
-    if messages.is_empty() {
-        return Ok(());
-    }
-    let mut subjects = Vec::with_capacity(messages.len());
-    let mut ids = Vec::with_capacity(messages.len());
-    let mut dedupe_ids = Vec::with_capacity(messages.len());
-    let mut headers = Vec::with_capacity(messages.len());
-    let mut payloads = Vec::with_capacity(messages.len());
-    for m in messages {
-        subjects.push(m.subject.as_str());
-        ids.push(m.message_id);
-        dedupe_ids.push(m.dedupe_id.as_str());
-        headers.push(Json(&m.headers));
-        payloads.push(m.payload.as_slice());
-    }
-    sqlx::query(
-        "INSERT INTO outbox (subject, message_id, dedupe_id, headers, payload)
-         SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::jsonb[], $5::bytea[])",
-    )
-    .bind(&subjects)
-    .bind(&ids)
-    .bind(&dedupe_ids)
-    .bind(&headers)
-    .bind(&payloads)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// Tells the relay that rows were committed. Cheap; call it after every commit that enqueued.
-#[derive(Debug, Clone, Default)]
-pub struct OutboxWaker(Arc<Notify>);
-
-impl OutboxWaker {
-    pub fn wake(&self) {
-        // A stored permit: a wake that arrives while the relay is busy is not lost.
-        self.0.notify_one();
-    }
-}
-
-/// How many rows wait to be sent and how old the oldest is (quarantined rows apart: they wait
-/// for a person, not for the relay), refreshed by the relay.
-#[derive(Debug, Clone, Default)]
-pub struct OutboxBacklog {
-    pending: Arc<AtomicU64>,
-}
-
-impl OutboxBacklog {
-    /// Unsent rows at the last count (at most one poll interval old).
-    pub fn pending(&self) -> u64 {
-        self.pending.load(Ordering::Relaxed)
-    }
-
-    /// Counts unsent rows now (and quarantined ones, for their gauge).
-    pub async fn refresh(&self, pool: &PgPool) -> Result<u64, sqlx::Error> {
-        let (count, oldest_age, quarantined): (i64, Option<f64>, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE quarantined_at IS NULL),
-                    extract(epoch FROM now() - min(created_at) FILTER (WHERE quarantined_at IS NULL))::float8,
-                    count(*) FILTER (WHERE quarantined_at IS NOT NULL)
-             FROM outbox WHERE sent_at IS NULL",
-        )
-        .fetch_one(pool)
-        .await?;
-        let count = u64::try_from(count).unwrap_or(0);
-        self.pending.store(count, Ordering::Relaxed);
-        metrics::gauge!(crate::metrics::OUTBOX_PENDING).set(count as f64);
-        metrics::gauge!(crate::metrics::OUTBOX_OLDEST_AGE).set(oldest_age.unwrap_or(0.0));
-        metrics::gauge!(crate::metrics::OUTBOX_QUARANTINED).set(quarantined as f64);
-        Ok(count)
-    }
-}
+use super::{OutboxBacklog, OutboxWaker, RelaySettings};
+use crate::telemetry::{self, propagation};
 
 fn sent_counter(subject: &str, error_type: Option<&'static str>) -> metrics::Counter {
     let mut labels =
@@ -168,6 +58,8 @@ struct OutboxRow {
     dedupe_id: String,
     headers: Json<std::collections::BTreeMap<String, String>>,
     payload: Vec<u8>,
+    /// Seconds since the row was written, by the database's clock, when it was claimed.
+    waited: f64,
 }
 
 /// Publishes committed outbox rows to JetStream. See the module docs.
@@ -198,12 +90,12 @@ impl OutboxRelay {
     /// Relays until `shutdown` is cancelled. Transient errors are logged and retried with a
     /// growing pause; a row refused for good is set aside (see the module docs).
     ///
-    /// Also prunes the messaging tables ([`crate::retention`]): every service that has an
+    /// Also prunes the messaging tables ([`crate::messaging::retention`]): every service that has an
     /// outbox runs this relay, so every service's tables are pruned.
     pub async fn run(self, shutdown: CancellationToken) {
         // The backlog is counted on its own clock: while NATS is down a relay round can wait
         // seconds for PubAcks, and that is when the count matters most (it drives shedding).
-        let pruner = crate::retention::Pruner::new(self.pool.clone(), self.settings.clone());
+        let pruner = crate::messaging::retention::Pruner::new(self.pool.clone(), self.settings.clone());
         tokio::join!(self.relay(&shutdown), self.count_backlog(&shutdown), pruner.run(shutdown.clone()));
     }
 
@@ -250,9 +142,13 @@ impl OutboxRelay {
 
     /// Claims, publishes and marks one batch. Returns how many rows it claimed.
     pub async fn relay_batch(&self) -> Result<usize, RelayError> {
-        let mut tx = self.pool.begin().await?;
+        // No bitmap scans in this transaction: the claim must walk `outbox_unsent` in `id` order
+        // (see "The claim's plan" in the module docs). Sent with `BEGIN`: no extra round trip.
+        let mut tx = self.pool.begin_with("BEGIN; SET LOCAL enable_bitmapscan = off").await?;
         let rows: Vec<OutboxRow> = sqlx::query_as(
-            "SELECT id, subject, dedupe_id, headers, payload FROM outbox
+            "SELECT id, subject, dedupe_id, headers, payload,
+                    extract(epoch FROM now() - created_at)::float8 AS waited
+             FROM outbox
              WHERE sent_at IS NULL AND quarantined_at IS NULL AND (retry_at IS NULL OR retry_at <= now())
              ORDER BY id LIMIT $1
              FOR UPDATE SKIP LOCKED",
@@ -269,8 +165,8 @@ impl OutboxRelay {
         let mut in_flight = Vec::with_capacity(rows.len());
         let mut failures = Failures::default();
         for row in &rows {
-            let mut headers = crate::messages::nats_headers(&row.headers, &row.dedupe_id);
-            let message_id = row.headers.get(crate::messages::headers::ID).map_or("", String::as_str);
+            let mut headers = crate::messaging::envelope::nats_headers(&row.headers, &row.dedupe_id);
+            let message_id = row.headers.get(contract::headers::ID).map_or("", String::as_str);
             // One PRODUCER span per message, in the message's own trace: its parent is the
             // context captured when the row was written (the HTTP request, the consumer's
             // attempt), and its own context goes out with the message, so consumers are its
@@ -305,6 +201,11 @@ impl OutboxRelay {
                         "messaging_destination_name" => row.subject.clone(),
                     )
                     .record(latency);
+                    metrics::histogram!(
+                        crate::metrics::OUTBOX_DELAY,
+                        "messaging_destination_name" => row.subject.clone(),
+                    )
+                    .record(row.waited + latency);
                 }
                 Err(err) => failures.record(row, &span, err),
             }
@@ -388,40 +289,6 @@ impl<'a> Failures<'a> {
             self.refused.push((row, err.to_string()));
         } else {
             self.transient.get_or_insert(err);
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
-
-    use super::*;
-
-    fn api_error(err_code: u64) -> PublishError {
-        let error: jetstream::Error = serde_json::from_value(
-            serde_json::json!({"code": 400, "err_code": err_code, "description": "refused"}),
-        )
-        .expect("a JetStream API error");
-        PublishError::with_source(PublishErrorKind::Other, error)
-    }
-
-    #[test]
-    fn refusals_that_sending_again_cannot_cure_are_permanent_and_the_rest_transient() {
-        for permanent in [
-            PublishError::new(PublishErrorKind::StreamNotFound),
-            PublishError::new(PublishErrorKind::MaxPayloadExceeded),
-            api_error(10054), // message larger than the stream's max_message_size
-        ] {
-            assert!(is_permanent(&permanent), "{permanent}");
-        }
-        for transient in [
-            PublishError::new(PublishErrorKind::TimedOut),
-            PublishError::new(PublishErrorKind::BrokenPipe),
-            PublishError::new(PublishErrorKind::MaxAckPending),
-            api_error(10077), // stream full (discard new): backpressure, it drains
-        ] {
-            assert!(!is_permanent(&transient), "{transient}");
         }
     }
 }
