@@ -49,7 +49,7 @@ use std::{
 
 use async_nats::{
     HeaderMap,
-    jetstream::{self, AckKind, context::ConsumerInfoErrorKind, stream::DirectGetErrorKind},
+    jetstream::{self, AckKind, context::ConsumerInfoErrorKind, stream::RawMessageErrorKind},
 };
 use chrono::{DateTime, Utc};
 use contract::{
@@ -195,9 +195,12 @@ impl Capture {
     ) -> Result<Captured, CaptureError> {
         let sequence = i64::try_from(advisory.stream_seq).unwrap_or(i64::MAX);
         let stream = self.jetstream.get_stream(&advisory.stream).await.map_err(async_nats::Error::from)?;
-        let original = match stream.direct_get(advisory.stream_seq).await {
+        // From the leader, as the sweep reads (see its module docs): a replica catching up
+        // could answer with a message already removed, or "not found" for one it has not
+        // received yet.
+        let original = match stream.get_raw_message(advisory.stream_seq).await {
             Ok(original) => Some(original),
-            Err(err) if err.kind() == DirectGetErrorKind::NotFound => None,
+            Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => None,
             Err(err) => return Err(CaptureError::Nats(err.into())),
         };
         let mut letter = NewDeadLetter {

@@ -9,11 +9,11 @@
 //! `orders_stream` is a work queue: a message leaves it when acknowledged (or terminated). A
 //! message of a consumer's subjects at or below the consumer's last *delivered* stream
 //! sequence that is still in the stream was delivered and not finished with: either it is in
-//! flight (ack pending, or waiting for its redelivery), or the consumer gave up on it. JetStream
-//! does not say which, per message (and the consumer's ack floor stops *below* a max-delivered
-//! message, it does not step over it: measured on nats-server 2.15.1), so:
-//! - when the consumer has **nothing ack pending**, every such message is a dead one: it is
-//!   captured at once;
+//! flight (ack pending, or waiting for its redelivery), or the consumer gave up on it, or (on a
+//! replicated stream, below) it was acknowledged and its removal is late. JetStream does not
+//! say which, per message (and the consumer's ack floor stops *below* a max-delivered message,
+//! it does not step over it: measured on nats-server 2.15.1), so:
+//! - when the consumer has **nothing ack pending**, no such message is in flight;
 //! - otherwise such a message becomes a *candidate*, remembered with when it was first seen;
 //!   a message in flight is finished with (acknowledged, terminated or given up on) within its
 //!   consumer's whole redelivery schedule (the sum of its BackOff over `max_deliver`
@@ -22,12 +22,40 @@
 //!   clock of a candidate runs only between rounds in which its consumer was live (a pull is
 //!   waiting, or it delivered something since the previous round), and stands still
 //!   otherwise: with every worker stopped, nothing is captured. A candidate still there after
-//!   twice its schedule of live time is captured. This relies on no message being kept in progress for longer than its
-//!   schedule (the consumer's cap on in-progress time).
+//!   twice its schedule of live time is no longer in flight. This relies on no message being
+//!   kept in progress for longer than its schedule (the consumer's cap on in-progress time).
+//!
+//! On a single server, a message that is not in flight is a dead one, and it is captured. On
+//! a replicated stream it must also have been seen for [`REPLICATED_REMOVAL_LAG`], for the
+//! reason that follows.
+//!
+//! # A replicated work queue can remove an acknowledged message minutes late
+//! On one server an ack removes its message at once. On a replicated stream the removal is a
+//! second step: the consumer's replicas apply the ack, then the stream's *leader* proposes the
+//! deletion. If the stream has no leader at that moment (its leader has just been lost), no
+//! deletion is proposed, and the message stays, acknowledged, in every replica until the
+//! stream's leader re-checks its consumers' acks: when a replica becomes leader (for the acks
+//! it has applied by then), and every 2 to 2.5 minutes (nats-server's `checkInterestState`,
+//! 2 minutes plus up to 30 s of jitter, since 2.11). Such a message looks exactly like a dead
+//! one: delivered, nothing pending, above the ack floor, still in the stream. Taken as dead,
+//! its order, reserved, would be dead-lettered too, and `order_events.dead_lettered` would tell
+//! every reader that a reserved order failed.
+//!
+//! That happened in the failover test on three nodes under load (`e2e/tests/cluster.rs`, 6 runs
+//! of 18 on busy cores): one to four orders reserved and acknowledged just as `orders_stream`'s
+//! leader was killed were swept 15 to 20 s later, read from the new leader, with the consumer
+//! reporting nothing ack pending and its ack floor below them. So on a replicated stream nothing is
+//! captured before it has been seen for longer than that re-check period: a lost advisory
+//! costs its order about three minutes more on a cluster, and a false dead letter is never
+//! told.
+//!
+//! Every message is read from the stream's leader (`STREAM.MSG.GET`), not by a direct get,
+//! although `orders_stream` allows those: any replica answers a direct get, and one that is
+//! catching up after a restart can still hold messages the leader has removed.
 //!
 //! Normally capture deletes a dead message within moments of its advisory, so the sweep finds
-//! nothing to capture. Cost per round: one consumer-info request per consumer, plus one direct
-//! get per message delivered and not finished with (at most the consumer's `max_ack_pending`,
+//! nothing to capture. Cost per round: one consumer-info request per consumer, plus one get
+//! (from the leader) per message delivered and not finished with (at most the consumer's `max_ack_pending`,
 //! normally a handful), and one more answered "none".
 //!
 //! Not swept: `order_events`, a limits stream, keeps every message whether or not the
@@ -44,7 +72,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use async_nats::jetstream::stream::DirectGetErrorKind;
+use async_nats::jetstream::stream::RawMessageErrorKind;
 use chrono::Utc;
 use contract::streams::ORDERS_STREAM;
 use futures::TryStreamExt;
@@ -83,13 +111,26 @@ pub async fn run(
     }
 }
 
+/// How long a message must have been seen on a replicated work queue before the sweep takes it
+/// as dead: longer than the stream's leader can take to remove a message acknowledged while
+/// the stream had no leader (2 to 2.5 minutes, see the module docs), with room to spare.
+pub const REPLICATED_REMOVAL_LAG: Duration = Duration::from_secs(180);
+
+/// A message seen delivered and not finished with.
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    /// The round it was first seen in.
+    first_seen: Instant,
+    /// For how long it has been seen while its consumer was live.
+    live: Duration,
+}
+
 /// The sweep and its candidates (see the module docs).
 #[derive(Debug)]
 pub struct Sweep {
     capture: Capture,
-    /// (consumer, stream sequence) → for how long it was seen delivered and not finished with
-    /// while its consumer was live.
-    candidates: HashMap<(String, u64), Duration>,
+    /// (consumer, stream sequence) → when and for how long it was seen.
+    candidates: HashMap<(String, u64), Candidate>,
     last_round: Option<Instant>,
     /// consumer → its delivery count at the previous round (to tell whether it is live).
     deliveries: HashMap<String, u64>,
@@ -105,6 +146,7 @@ impl Sweep {
     pub async fn once(&mut self) -> Result<usize, CaptureError> {
         let stream =
             self.capture.jetstream.get_stream(ORDERS_STREAM).await.map_err(async_nats::Error::from)?;
+        let replicated = stream.cached_info().config.num_replicas > 1;
         let consumers: Vec<_> =
             stream.consumers().try_collect().await.map_err(|e| CaptureError::Nats(e.into()))?;
         let now = Instant::now();
@@ -125,9 +167,11 @@ impl Sweep {
                 info.num_waiting > 0 || previous.is_some_and(|p| p != info.delivered.consumer_sequence);
             let mut next = 1;
             while next <= delivered {
-                let message = match stream.direct_get_next_for_subject(filter, Some(next)).await {
+                // From the stream's leader, not by a direct get: any replica answers those, and
+                // one that is catching up after a restart can still hold removed messages.
+                let message = match stream.get_first_raw_message_by_subject(filter, next).await {
                     Ok(message) => message,
-                    Err(err) if err.kind() == DirectGetErrorKind::NotFound => break,
+                    Err(err) if err.kind() == RawMessageErrorKind::NoMessageFound => break,
                     Err(err) => return Err(CaptureError::Nats(err.into())),
                 };
                 if message.sequence > delivered {
@@ -135,15 +179,29 @@ impl Sweep {
                 }
                 next = message.sequence + 1;
                 let key = (info.name.clone(), message.sequence);
-                let unfinished_for = match self.candidates.get(&key) {
-                    Some(before) if live => *before + since_last_round,
-                    Some(before) => *before,
-                    None => Duration::ZERO,
+                let candidate = match self.candidates.get(&key) {
+                    Some(c) if live => Candidate { live: c.live + since_last_round, ..*c },
+                    Some(c) => *c,
+                    None => Candidate { first_seen: now, live: Duration::ZERO },
                 };
-                if info.num_ack_pending > 0 && unfinished_for < settle {
-                    still.insert(key, unfinished_for);
+                let in_flight = info.num_ack_pending > 0 && candidate.live < settle;
+                let removal_may_be_late = replicated && now - candidate.first_seen < REPLICATED_REMOVAL_LAG;
+                if in_flight || removal_may_be_late {
+                    still.insert(key, candidate);
                     continue;
                 }
+                // What the consumer said, for whoever reviews a dead letter the sweep found.
+                tracing::warn!(
+                    consumer = %info.name,
+                    stream_sequence = message.sequence,
+                    ack_pending = info.num_ack_pending,
+                    ack_floor = info.ack_floor.stream_sequence,
+                    delivered,
+                    redelivered = info.num_redelivered,
+                    seen_for = ?(now - candidate.first_seen),
+                    live_for = ?candidate.live,
+                    "sweep: a message delivered and not finished with, taken as dead"
+                );
                 let advisory = MaxDeliveriesAdvisory {
                     kind: MAX_DELIVERIES_TYPE.to_owned(),
                     timestamp: Utc::now(),

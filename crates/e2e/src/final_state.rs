@@ -27,8 +27,8 @@ use test_support::{
 
 use crate::steady_load::{FAILING_SKU, SCARCE_SKU, SKUS};
 
-/// How long the pipeline may take to settle after the load.
-const SETTLE: Duration = Duration::from_secs(90);
+/// How long the pipeline may take to settle after the load, on one server.
+pub const SETTLE: Duration = Duration::from_secs(90);
 
 /// One row of `order_api.orders`: its status and items.
 #[derive(Debug)]
@@ -50,6 +50,10 @@ pub struct Expected {
     pub scarce_units: i64,
     /// Poison messages the test published on `orders.new` itself (not through order-api).
     pub poison_messages: u64,
+    /// How long the pipeline may take to settle after the load: [`SETTLE`] on one server, more
+    /// on a cluster, where the sweep waits minutes before it takes a message as dead
+    /// (`dlq_service::sweep::REPLICATED_REMOVAL_LAG`).
+    pub settle: Duration,
 }
 
 /// What the run ended as, for the figures a test prints.
@@ -83,7 +87,7 @@ pub async fn assert_final_state<B: Broker>(
     stock_before: &BTreeMap<&'static str, Stock>,
     expected: Expected,
 ) -> FinalState {
-    stack.wait_until_no_order_pending(SETTLE).await;
+    stack.wait_until_no_order_pending(expected.settle).await;
     let pool = stack.pool().await;
     let orders = stored_orders(&pool).await;
     assert_none_lost(accepted, &orders);
@@ -98,13 +102,9 @@ pub async fn assert_final_state<B: Broker>(
     let decided = count(&statuses, "reserved") + count(&statuses, "rejected");
     assert_eq!(processed(&pool, Consumer::Worker).await, decided as i64, "each order's message applied once");
     assert_stock_moved_exactly(stack.inventory(), stock_before, &reserved).await;
-    assert_each_message_stored_once(stack, &pool, orders.len(), expected.poison_messages).await;
-    let dead_letters = assert_each_dead_letter_captured_once(
-        &pool,
-        count(&statuses, "dead_lettered"),
-        expected.poison_messages,
-    )
-    .await;
+    assert_each_message_stored_once(stack, &pool, orders.len(), expected).await;
+    let dead_letters =
+        assert_each_dead_letter_captured_once(&pool, count(&statuses, "dead_lettered"), expected).await;
     FinalState { statuses, dead_letters }
 }
 
@@ -210,27 +210,73 @@ async fn assert_each_message_stored_once<B: Broker>(
     stack: &Stack<B>,
     pool: &PgPool,
     orders: usize,
-    poison: u64,
+    expected: Expected,
 ) {
+    let poison = expected.poison_messages;
     let js = stack.jetstream().await.expect("connect to JetStream");
     let mut work_queue = js.get_stream(ORDERS_STREAM).await.expect("orders_stream");
     let work_queue = work_queue.info().await.expect("orders_stream info").state.clone();
     assert_eq!(work_queue.last_sequence, orders as u64 + poison, "orders_stream stored each order once");
     let mut events = js.get_stream(EVENTS_STREAM).await.expect("order_events");
-    let events = events.info().await.expect("order_events info").state.clone();
-    assert_eq!(events.messages, orders as u64, "order_events holds one outcome event per order");
+    let state = events.info().await.expect("order_events info").state.clone();
+    if state.messages != orders as u64 {
+        let copies = events_stored_more_than_once(&events, state.first_sequence, state.last_sequence).await;
+        panic!(
+            "order_events holds {} events for {orders} orders; the events of an order stored more than once: {copies:#?}",
+            state.messages
+        );
+    }
     assert_eq!(processed(pool, Consumer::Projection).await, orders as i64, "each outcome projected once");
-    wait_until("orders_stream is left empty", SETTLE, || async {
+    wait_until("orders_stream is left empty", expected.settle, || async {
         let mut stream = js.get_stream(ORDERS_STREAM).await.ok()?;
         (stream.info().await.ok()?.state.messages == 0).then_some(())
     })
     .await;
 }
 
+/// One stored copy of an event, as the failure of [`assert_each_message_stored_once`] shows it.
+#[derive(Debug)]
+#[allow(dead_code)] // Read through Debug, in the panic message.
+struct StoredEvent {
+    sequence: u64,
+    stored_at: String,
+    subject: String,
+    nats_msg_id: Option<String>,
+    ce_id: Option<String>,
+}
+
+/// Every event of `stream` whose order has more than one, by order: what tells a broker that
+/// stored one message twice (the same `Nats-Msg-Id`) from a publisher that sent two.
+async fn events_stored_more_than_once(
+    stream: &async_nats::jetstream::stream::Stream,
+    first: u64,
+    last: u64,
+) -> BTreeMap<String, Vec<StoredEvent>> {
+    let mut by_order: BTreeMap<String, Vec<StoredEvent>> = BTreeMap::new();
+    for sequence in first..=last {
+        let Ok(message) = stream.get_raw_message(sequence).await else { continue };
+        let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
+        let order = serde_json::from_slice::<Value>(&message.payload)
+            .ok()
+            .and_then(|v| v["order_id"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("(no order_id in message {sequence})"));
+        by_order.entry(order).or_default().push(StoredEvent {
+            sequence,
+            stored_at: message.time.to_string(),
+            subject: message.subject.to_string(),
+            nats_msg_id: header(contract::headers::NATS_MSG_ID),
+            ce_id: header(contract::headers::ID),
+        });
+    }
+    by_order.retain(|_, copies| copies.len() > 1);
+    by_order
+}
+
 /// One `dead_letters` row per dead-lettered order (by its ID) and one per poison message.
-async fn assert_each_dead_letter_captured_once(pool: &PgPool, dead_lettered: usize, poison: u64) -> i64 {
-    let expected = dead_lettered as i64 + poison as i64;
-    let rows = wait_until("every dead message is captured", SETTLE, || async {
+async fn assert_each_dead_letter_captured_once(pool: &PgPool, dead_lettered: usize, expected: Expected) -> i64 {
+    let settle = expected.settle;
+    let expected = dead_lettered as i64 + expected.poison_messages as i64;
+    let rows = wait_until("every dead message is captured", settle, || async {
         let rows: i64 =
             sqlx::query_scalar("SELECT count(*) FROM dlq.dead_letters").fetch_one(pool).await.ok()?;
         (rows >= expected).then_some(rows)
