@@ -273,7 +273,11 @@ async fn events_stored_more_than_once(
 }
 
 /// One `dead_letters` row per dead-lettered order (by its ID) and one per poison message.
-async fn assert_each_dead_letter_captured_once(pool: &PgPool, dead_lettered: usize, expected: Expected) -> i64 {
+async fn assert_each_dead_letter_captured_once(
+    pool: &PgPool,
+    dead_lettered: usize,
+    expected: Expected,
+) -> i64 {
     let settle = expected.settle;
     let expected = dead_lettered as i64 + expected.poison_messages as i64;
     let rows = wait_until("every dead message is captured", settle, || async {

@@ -7,11 +7,11 @@
 
 use std::time::{Duration, Instant};
 
+use dlq_service::sweep::REPLICATED_REMOVAL_LAG;
 use e2e::{
     final_state::{self, Expected},
     steady_load::{self, SteadyLoad},
 };
-use dlq_service::sweep::REPLICATED_REMOVAL_LAG;
 use test_support::{NatsCluster, stack::Stack, wait_until};
 
 const STREAMS: [&str; 3] = ["orders_stream", "order_events", "orders_unprocessed"];

@@ -61,7 +61,11 @@ async fn two_replicas_of_every_service_under_load_lose_no_order_and_store_and_ca
     let by_status = steady_load::by_status(&placed);
     assert_eq!(by_status.keys().collect::<Vec<_>>(), [&202], "every order accepted: {by_status:?}");
     let accepted = steady_load::accepted(&placed);
-    let expected = Expected { scarce_units: SCARCE_UNITS, poison_messages: POISON_MESSAGES, settle: final_state::SETTLE };
+    let expected = Expected {
+        scarce_units: SCARCE_UNITS,
+        poison_messages: POISON_MESSAGES,
+        settle: final_state::SETTLE,
+    };
     let outcome = final_state::assert_final_state(&stack, &accepted, &stock_before, expected).await;
     assert!(outcome.statuses.contains_key("dead_lettered"), "{:?}", outcome.statuses);
 
