@@ -49,6 +49,15 @@
 //! costs its order about three minutes more on a cluster, and a false dead letter is never
 //! told.
 //!
+//! Three minutes were not always enough: in a later run a message acknowledged in a failover
+//! was still there after 181 s, with its consumer reporting nothing ack pending and nothing
+//! redelivered. That last figure tells the two apart when nothing is in flight: the consumer
+//! keeps the delivery count of every message it gave up on (nats-server's `rdc`, counted by
+//! `num_redelivered`), and forgets it on an ack. So a message still there with both counts at
+//! zero was acknowledged, and the sweep removes it instead of taking it as dead. With some
+//! messages given up on and others acknowledged at once (both counts above zero), it cannot
+//! tell which is which, and takes them all as dead after the wait.
+//!
 //! Every message is read from the stream's leader (`STREAM.MSG.GET`), not by a direct get,
 //! although `orders_stream` allows those: any replica answers a direct get, and one that is
 //! catching up after a restart can still hold messages the leader has removed.
@@ -188,6 +197,21 @@ impl Sweep {
                 let removal_may_be_late = replicated && now - candidate.first_seen < REPLICATED_REMOVAL_LAG;
                 if in_flight || removal_may_be_late {
                     still.insert(key, candidate);
+                    continue;
+                }
+                // The consumer keeps the delivery count of every message it gave up on
+                // (`num_redelivered` counts them with those being redelivered). With nothing in
+                // flight and none counted, it gave up on nothing: this message was acknowledged
+                // and the stream never removed it (see the module docs). Remove it, as the
+                // broker should have; it is not a dead letter.
+                if info.num_ack_pending == 0 && info.num_redelivered == 0 {
+                    tracing::warn!(
+                        consumer = %info.name,
+                        stream_sequence = message.sequence,
+                        seen_for = ?(now - candidate.first_seen),
+                        "sweep: an acknowledged message the stream kept, removed"
+                    );
+                    stream.delete_message(message.sequence).await.map_err(async_nats::Error::from)?;
                     continue;
                 }
                 // What the consumer said, for whoever reviews a dead letter the sweep found.
