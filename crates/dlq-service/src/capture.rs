@@ -423,7 +423,7 @@ fn capture_span(original: Option<&HeaderMap>, news: Option<&HeaderMap>) -> traci
     span
 }
 
-fn ce_id(headers: &HeaderMap) -> Option<Uuid> {
+pub(crate) fn ce_id(headers: &HeaderMap) -> Option<Uuid> {
     envelope::Envelope::from_headers(Some(headers)).ok().map(|e| e.id)
 }
 

@@ -54,9 +54,23 @@
 //! redelivered. That last figure tells the two apart when nothing is in flight: the consumer
 //! keeps the delivery count of every message it gave up on (nats-server's `rdc`, counted by
 //! `num_redelivered`), and forgets it on an ack. So a message still there with both counts at
-//! zero was acknowledged, and the sweep removes it instead of taking it as dead. With some
-//! messages given up on and others acknowledged at once (both counts above zero), it cannot
-//! tell which is which, and takes them all as dead after the wait.
+//! zero was acknowledged, and the sweep removes it instead of taking it as dead.
+//!
+//! With some messages given up on and others acknowledged at once (both counts above zero),
+//! the consumer's figures cannot tell which is which, and JetStream has no per-message answer.
+//! The consumer has one: it records the ID of every message it applied. So before it takes a
+//! message as dead, the sweep **asks the consumer** ([`shared::messaging::consumer::applied`],
+//! NATS request/reply, answered by one of its processes from `processed_messages`):
+//! - "applied": its work is committed; it is removed, not dead-lettered;
+//! - "not applied": it is dead, and captured;
+//! - no answer in time, or "cannot say" (its database is down): asked again next round;
+//! - no process answers (none runs, or the consumer takes no such questions): decided as
+//!   above, by the consumer's figures alone.
+//!
+//! A message acknowledged without being applied (an event type the consumer ignores) is "not
+//! applied": if one is left behind in a failover while another is given up on, it is captured
+//! too. A poison message left behind that way was already recorded from its copy: capture
+//! finds its row and adds none.
 //!
 //! Every message is read from the stream's leader (`STREAM.MSG.GET`), not by a direct get,
 //! although `orders_stream` allows those: any replica answers a direct get, and one that is
@@ -65,7 +79,8 @@
 //! Normally capture deletes a dead message within moments of its advisory, so the sweep finds
 //! nothing to capture. Cost per round: one consumer-info request per consumer, plus one get
 //! (from the leader) per message delivered and not finished with (at most the consumer's `max_ack_pending`,
-//! normally a handful), and one more answered "none".
+//! normally a handful), and one more answered "none"; and one question to the consumer per
+//! message it is about to take as dead.
 //!
 //! Not swept: `order_events`, a limits stream, keeps every message whether or not the
 //! projection processed it, so "still in the stream" says nothing there; JetStream exposes no
@@ -85,11 +100,12 @@ use async_nats::jetstream::stream::RawMessageErrorKind;
 use chrono::Utc;
 use contract::streams::ORDERS_STREAM;
 use futures::TryStreamExt;
+use shared::messaging::consumer::applied::{self, Asked};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    capture::{Capture, CaptureError, Captured, MAX_DELIVERIES_TYPE, MaxDeliveriesAdvisory},
+    capture::{self, Capture, CaptureError, Captured, MAX_DELIVERIES_TYPE, MaxDeliveriesAdvisory},
     store,
 };
 
@@ -125,6 +141,9 @@ pub async fn run(
 /// the stream had no leader (2 to 2.5 minutes, see the module docs), with room to spare.
 pub const REPLICATED_REMOVAL_LAG: Duration = Duration::from_secs(180);
 
+/// How long the sweep waits for a consumer to say whether it applied a message.
+const ASK_DEADLINE: Duration = Duration::from_secs(5);
+
 /// A message seen delivered and not finished with.
 #[derive(Debug, Clone, Copy)]
 struct Candidate {
@@ -156,6 +175,7 @@ impl Sweep {
         let stream =
             self.capture.jetstream.get_stream(ORDERS_STREAM).await.map_err(async_nats::Error::from)?;
         let replicated = stream.cached_info().config.num_replicas > 1;
+        let client = self.capture.jetstream.client();
         let consumers: Vec<_> =
             stream.consumers().try_collect().await.map_err(|e| CaptureError::Nats(e.into()))?;
         let now = Instant::now();
@@ -213,6 +233,34 @@ impl Sweep {
                     );
                     stream.delete_message(message.sequence).await.map_err(async_nats::Error::from)?;
                     continue;
+                }
+                // The broker cannot tell, but the consumer can: ask it (see the module docs).
+                if let Some(id) = capture::ce_id(&message.headers) {
+                    match applied::ask(&client, ORDERS_STREAM, &info.name, id, ASK_DEADLINE).await {
+                        Asked::Applied(true) => {
+                            tracing::warn!(
+                                consumer = %info.name,
+                                stream_sequence = message.sequence,
+                                message_id = %id,
+                                seen_for = ?(now - candidate.first_seen),
+                                "sweep: a message its consumer applied, still in the stream, removed"
+                            );
+                            stream.delete_message(message.sequence).await.map_err(async_nats::Error::from)?;
+                            continue;
+                        }
+                        Asked::Applied(false) | Asked::NoOne => {}
+                        Asked::NoAnswer(why) => {
+                            tracing::warn!(
+                                consumer = %info.name,
+                                stream_sequence = message.sequence,
+                                message_id = %id,
+                                reason = %why,
+                                "sweep: its consumer did not say whether it applied the message; asking again next round"
+                            );
+                            still.insert(key, candidate);
+                            continue;
+                        }
+                    }
                 }
                 // What the consumer said, for whoever reviews a dead letter the sweep found.
                 tracing::warn!(

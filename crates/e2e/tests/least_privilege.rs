@@ -209,3 +209,24 @@ async fn tables_made_as_the_superuser_are_handed_to_the_role_on_provisioning() {
             .unwrap();
     assert_eq!(owners, ["inventory_worker"]);
 }
+
+/// The dead-letter sweep's question "did you apply this message?": dlq-service may ask the
+/// workers, and a worker may answer (a reply to the asker's own inbox); order-api may not ask.
+#[tokio::test]
+async fn only_the_dlq_service_may_ask_the_workers_what_they_applied() {
+    use shared::messaging::consumer::applied::{Asked, ask};
+    let stack = Stack::start(1, &[]).await;
+    let question = |client: async_nats::Client| async move {
+        ask(&client, "orders_stream", "inventory-worker", uuid::Uuid::now_v7(), Duration::from_secs(2)).await
+    };
+    let (dlq, _) = client_recording_errors(&stack.nats, NatsUser::DlqService).await;
+    test_support::wait_until("a worker answers dlq-service", Duration::from_secs(10), || async {
+        (question(dlq.client()).await == Asked::Applied(false)).then_some(())
+    })
+    .await;
+
+    let (order_api, errors) = client_recording_errors(&stack.nats, NatsUser::OrderApi).await;
+    let asked = question(order_api.client()).await;
+    assert!(matches!(asked, Asked::NoAnswer(_)), "order-api's question was answered: {asked:?}");
+    wait_for_violation(&errors, "dead_letter.applied.orders_stream.inventory-worker").await;
+}

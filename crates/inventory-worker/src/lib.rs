@@ -5,6 +5,8 @@
 //! [`Reservations`](reservation::Reservations) handler: per batch, one transaction records the
 //! message IDs, reserves stock and writes the outcome events to the outbox; the messages are
 //! acknowledged after the commit. The outbox relay publishes the outcomes to `order_events.*`.
+//! Each process also answers the dead-letter sweep's "did you apply this message?"
+//! ([`shared::messaging::consumer::applied`]).
 //!
 //! # Layout
 //! - [`config`]: environment variables.
@@ -22,7 +24,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use contract::{streams::ORDERS_STREAM, subjects::ORDERS_NEW};
 use shared::{
-    messaging::consumer::IdempotentConsumer,
+    messaging::consumer::{IdempotentConsumer, applied::Answerer},
     service::{Runtime, Service},
 };
 use sqlx::PgPool;
@@ -52,6 +54,8 @@ pub struct Application {
     runtime: Runtime,
     state: AppState,
     consumer: IdempotentConsumer<reservation::Reservations>,
+    /// Tells the dead-letter sweep whether this consumer applied a message still in the queue.
+    answerer: Answerer,
 }
 
 impl Application {
@@ -68,12 +72,18 @@ impl Application {
             .idempotent_consumer(ORDERS_STREAM, ORDERS_NEW, &config.consumer, handler)
             .await?
             .with_outbox(runtime.outbox());
+        let answerer = Answerer {
+            nats: runtime.nats.clone(),
+            pool: runtime.pool.clone(),
+            stream: ORDERS_STREAM.to_owned(),
+            consumer: config.consumer.name.clone(),
+        };
         let state = AppState {
             pool: runtime.pool.clone(),
             nats: runtime.nats.clone(),
             operator_auth: config.operator_auth.clone(),
         };
-        Ok(Self { runtime, state, consumer })
+        Ok(Self { runtime, state, consumer, answerer })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -84,11 +94,12 @@ impl Application {
     /// acknowledges the batch in hand, lets the relay finish its round, and flushes.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.local_addr(), "inventory-worker listening");
-        let Self { runtime, state, consumer } = self;
+        let Self { runtime, state, consumer, answerer } = self;
         // 25 s of grace: a batch in hand is committed and acknowledged, and its acks flushed.
         runtime
             .run(shutdown, stock::router(state), Duration::from_secs(25), |tasks| {
                 tasks.spawn_with_shutdown("orders consumer", |stop| consumer.run(stop));
+                tasks.spawn_with_shutdown("applied answers", |stop| answerer.run(stop));
             })
             .await
     }

@@ -304,6 +304,81 @@ async fn the_sweep_tells_a_lost_dead_letter_from_messages_in_flight() {
     assert!(!still_in(&js, ORDERS_STREAM, dead).await);
 }
 
+/// Row 11, both kinds of leftover at once (as after a failover on a cluster, where an
+/// acknowledged message can stay in the work queue for minutes): two orders are still in the
+/// queue after every delivery, their advisories lost; the consumer applied one (its acks were
+/// lost) and gave up on the other. The consumer's figures cannot tell them apart (both are
+/// counted redelivered), its answer can: the applied one is removed, only the other becomes a
+/// dead letter.
+#[tokio::test]
+async fn the_sweep_asks_the_consumer_and_dead_letters_only_what_it_did_not_apply() {
+    use shared::messaging::consumer::applied::{Answerer, Asked, ask};
+    let servers = Servers::start().await;
+    let js = servers.nats.jetstream().await;
+    let (dead, applied) =
+        (OutgoingMessage::event(&order(1), "order-api"), OutgoingMessage::event(&order(1), "order-api"));
+    let dead_sequence = publish_message(&js, &dead).await;
+    let applied_sequence = publish_message(&js, &applied).await;
+    let consumer = short_lived_consumer(&js, ORDERS_STREAM, "orders.new", "inventory-worker").await;
+    let failing = fail_every_delivery(consumer);
+    wait_until("both MAX_DELIVERIES advisories are stored", Duration::from_secs(15), || async {
+        let unprocessed = js.get_stream(UNPROCESSED_STREAM).await.ok()?;
+        (unprocessed.cached_info().state.messages >= 2).then_some(())
+    })
+    .await;
+    failing.abort();
+    js.get_stream(UNPROCESSED_STREAM).await.unwrap().purge().await.unwrap();
+
+    // The consumer's record says it applied one of them; its answerer tells the sweep so.
+    let pool = servers.migrate().await;
+    sqlx::query(
+        "INSERT INTO processed_messages (consumer, message_id, processed_by) VALUES ($1, $2, 'test')",
+    )
+    .bind("inventory-worker")
+    .bind(applied.message_id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let answering = tokio_util::sync::CancellationToken::new();
+    let answerer = Answerer {
+        nats: js.client(),
+        pool,
+        stream: ORDERS_STREAM.to_owned(),
+        consumer: "inventory-worker".to_owned(),
+    };
+    tokio::spawn(answerer.run(answering.clone()));
+    let _stop_answering = answering.drop_guard();
+    let client = js.client();
+    wait_until("the consumer answers", Duration::from_secs(5), || async {
+        let asked =
+            ask(&client, ORDERS_STREAM, "inventory-worker", applied.message_id, Duration::from_secs(1));
+        (asked.await == Asked::Applied(true)).then_some(())
+    })
+    .await;
+    let consumer =
+        js.get_stream(ORDERS_STREAM).await.unwrap().consumer_info("inventory-worker").await.unwrap();
+    assert_eq!(
+        (consumer.num_ack_pending, consumer.num_redelivered),
+        (0, 2),
+        "both given up on, to the broker"
+    );
+
+    let dlq = spawn_dlq_on(servers, &[("DLQ_SWEEP_INTERVAL", "200ms")]).await;
+    wait_until("the applied order leaves the work queue", Duration::from_secs(15), || async {
+        (!still_in(&js, ORDERS_STREAM, applied_sequence).await).then_some(())
+    })
+    .await;
+    dlq.wait_for_rows(1).await;
+    let rows: Vec<(i64, Option<Uuid>)> =
+        sqlx::query_as("SELECT source_sequence, message_id FROM dead_letters")
+            .fetch_all(&dlq.pool)
+            .await
+            .unwrap();
+    assert_eq!(rows, [(dead_sequence as i64, Some(dead.message_id))], "only the order it did not apply");
+    assert!(!still_in(&js, ORDERS_STREAM, dead_sequence).await);
+    assert_eq!(dlq.outbox_count("order_events.dead_lettered").await, 1);
+}
+
 /// Row 13: a payload Postgres `jsonb` cannot hold (a NUL) is recorded exactly, not retried.
 #[tokio::test]
 async fn a_payload_with_a_nul_character_is_recorded_losslessly() {

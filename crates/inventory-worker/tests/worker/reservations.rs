@@ -270,3 +270,36 @@ async fn a_poison_message_is_copied_to_the_dead_letter_stream_then_terminated_an
     .await;
     assert_eq!(consumer_state(&js).await, (0, 0, 0));
 }
+
+/// The dead-letter sweep's question, "did you apply this message?": a worker answers it from
+/// its record of processed messages, says what is wrong with a question that is not a message
+/// ID, and no one answers for a consumer that has no process.
+#[tokio::test]
+async fn a_worker_tells_the_dead_letter_sweep_which_messages_it_applied() {
+    use contract::dead_letter::{AppliedAnswer, applied_query};
+    use shared::messaging::consumer::applied::{Asked, ask};
+    let (nats, _db, _worker) = start_worker().await;
+    let js = nats.jetstream().await;
+    let client = nats.client().await;
+    let sent = publish_order(&js, &order(&[("WIDGET-1", 1)])).await;
+    let deadline = std::time::Duration::from_secs(5);
+
+    wait_until("the worker says it applied the order", EVENT_TIMEOUT, || async {
+        (ask(&client, ORDERS_STREAM, "inventory-worker", sent.message_id, deadline).await
+            == Asked::Applied(true))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        ask(&client, ORDERS_STREAM, "inventory-worker", Uuid::now_v7(), deadline).await,
+        Asked::Applied(false)
+    );
+    let reply =
+        client.request(applied_query(ORDERS_STREAM, "inventory-worker"), "order 42".into()).await.unwrap();
+    let answer: AppliedAnswer = serde_json::from_slice(&reply.payload).unwrap();
+    assert!(matches!(&answer, AppliedAnswer::Error(why) if why.contains("UUID")), "{answer:?}");
+    assert_eq!(
+        ask(&client, ORDERS_STREAM, "no-such-consumer", sent.message_id, deadline).await,
+        Asked::NoOne
+    );
+}

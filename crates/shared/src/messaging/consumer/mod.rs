@@ -49,7 +49,11 @@
 //! copies, last-error notes). On a message's last allowed delivery the ack is confirmed by the
 //! server (a "double ack"): there, a lost ack would not bring the message back but get it
 //! dead-lettered although its work is committed.
+//!
+//! Every process of a consumer that JetStream gives up for can also answer the dead-letter
+//! sweep's question "did you apply this message?" ([`applied`]), from `processed_messages`.
 
+pub mod applied;
 mod idempotent;
 mod settings;
 mod settle;
