@@ -100,9 +100,9 @@ load_for=$((PARTITION_BEFORE + PARTITION_FOR + PARTITION_AFTER))
 log "partition: two loadgens at $PARTITION_RATE orders/s each for $load_for s; $leader ($cut_service, leading orders_stream) cut off after $PARTITION_BEFORE s for $PARTITION_FOR s"
 loadgen_pids=()
 for target in order-api order-api-2; do
-  # --wait: a dead order whose advisory the cut lost is found by the sweep, which on a cluster
-  # takes a message as dead only after seeing it for 3 minutes (crates/dlq-service/src/sweep.rs),
-  # and looks once a minute: up to about 5 minutes after its last delivery.
+  # --wait: a dead order whose advisory the cut lost is found by the sweep, which looks once a
+  # minute and asks the workers before it takes a message as dead; if no worker answered, it
+  # would wait 3 minutes more on a cluster (crates/dlq-service/src/sweep.rs). 420 s covers both.
   docker compose run --rm --no-deps -T -e "ORDER_API_URL=http://$target:8080" loadgen \
     --rate "$PARTITION_RATE" --duration "${load_for}s" --wait 420s --quiet >"$loadgen_log.$target" 2>&1 &
   loadgen_pids+=($!)

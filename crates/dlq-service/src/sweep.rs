@@ -25,9 +25,21 @@
 //!   twice its schedule of live time is no longer in flight. This relies on no message being
 //!   kept in progress for longer than its schedule (the consumer's cap on in-progress time).
 //!
-//! On a single server, a message that is not in flight is a dead one, and it is captured. On
-//! a replicated stream it must also have been seen for [`REPLICATED_REMOVAL_LAG`], for the
-//! reason that follows.
+//! A message that is not in flight is dead, or, on a replicated stream, it may have been
+//! acknowledged and not removed yet (below). Its consumer knows which: it records every
+//! message it applied. So the sweep **asks the consumer** ([`shared::messaging::consumer::applied`],
+//! NATS request/reply, answered by one of its processes from `processed_messages`):
+//! - "applied": its work is committed; it is removed from the stream, not dead-lettered;
+//! - "not applied": it is dead, and captured;
+//! - no answer in time, or "cannot say" (its database is down): asked again next round;
+//! - no process answers (none runs, or the consumer takes no such questions): the sweep
+//!   decides from the consumer's figures alone. On a single server the message is dead. On a
+//!   replicated stream it is taken as dead only once seen for [`REPLICATED_REMOVAL_LAG`], and
+//!   removed instead when the consumer reports nothing ack pending and nothing redelivered.
+//!
+//! A message acknowledged without being applied (an event type the consumer ignores) is "not
+//! applied": one left behind in a failover is captured. A poison message left behind that way
+//! was already recorded from its copy: capture finds its row and adds none.
 //!
 //! # A replicated work queue can remove an acknowledged message minutes late
 //! On one server an ack removes its message at once. On a replicated stream the removal is a
@@ -44,33 +56,19 @@
 //! That happened in the failover test on three nodes under load (`e2e/tests/cluster.rs`, 6 runs
 //! of 18 on busy cores): one to four orders reserved and acknowledged just as `orders_stream`'s
 //! leader was killed were swept 15 to 20 s later, read from the new leader, with the consumer
-//! reporting nothing ack pending and its ack floor below them. So on a replicated stream nothing is
-//! captured before it has been seen for longer than that re-check period: a lost advisory
-//! costs its order about three minutes more on a cluster, and a false dead letter is never
-//! told.
+//! reporting nothing ack pending and its ack floor below them. Two answers were tried from the
+//! broker's side, and are kept for consumers that do not answer:
+//! - waiting [`REPLICATED_REMOVAL_LAG`] (3 minutes, longer than the re-check period) before
+//!   taking a message as dead. Not always enough: in a later run a message acknowledged in a
+//!   failover was still there after 181 s;
+//! - the consumer's figures: it keeps the delivery count of every message it gave up on
+//!   (nats-server's `rdc`, counted by `num_redelivered`) and forgets it on an ack, so with
+//!   nothing ack pending and nothing redelivered, a message still there was acknowledged. But
+//!   with some messages given up on and others acknowledged at once, both counts are above
+//!   zero, and they say nothing about which message is which.
 //!
-//! Three minutes were not always enough: in a later run a message acknowledged in a failover
-//! was still there after 181 s, with its consumer reporting nothing ack pending and nothing
-//! redelivered. That last figure tells the two apart when nothing is in flight: the consumer
-//! keeps the delivery count of every message it gave up on (nats-server's `rdc`, counted by
-//! `num_redelivered`), and forgets it on an ack. So a message still there with both counts at
-//! zero was acknowledged, and the sweep removes it instead of taking it as dead.
-//!
-//! With some messages given up on and others acknowledged at once (both counts above zero),
-//! the consumer's figures cannot tell which is which, and JetStream has no per-message answer.
-//! The consumer has one: it records the ID of every message it applied. So before it takes a
-//! message as dead, the sweep **asks the consumer** ([`shared::messaging::consumer::applied`],
-//! NATS request/reply, answered by one of its processes from `processed_messages`):
-//! - "applied": its work is committed; it is removed, not dead-lettered;
-//! - "not applied": it is dead, and captured;
-//! - no answer in time, or "cannot say" (its database is down): asked again next round;
-//! - no process answers (none runs, or the consumer takes no such questions): decided as
-//!   above, by the consumer's figures alone.
-//!
-//! A message acknowledged without being applied (an event type the consumer ignores) is "not
-//! applied": if one is left behind in a failover while another is given up on, it is captured
-//! too. A poison message left behind that way was already recorded from its copy: capture
-//! finds its row and adds none.
+//! JetStream has no per-message answer; the consumer's own record is one, hence the question.
+//! With it, a lost advisory costs nothing more on a cluster than on one server.
 //!
 //! Every message is read from the stream's leader (`STREAM.MSG.GET`), not by a direct get,
 //! although `orders_stream` allows those: any replica answers a direct get, and one that is
@@ -80,7 +78,7 @@
 //! nothing to capture. Cost per round: one consumer-info request per consumer, plus one get
 //! (from the leader) per message delivered and not finished with (at most the consumer's `max_ack_pending`,
 //! normally a handful), and one more answered "none"; and one question to the consumer per
-//! message it is about to take as dead.
+//! such message that is not in flight.
 //!
 //! Not swept: `order_events`, a limits stream, keeps every message whether or not the
 //! projection processed it, so "still in the stream" says nothing there; JetStream exposes no
@@ -136,9 +134,10 @@ pub async fn run(
     }
 }
 
-/// How long a message must have been seen on a replicated work queue before the sweep takes it
-/// as dead: longer than the stream's leader can take to remove a message acknowledged while
-/// the stream had no leader (2 to 2.5 minutes, see the module docs), with room to spare.
+/// When no process of its consumer answers, how long a message must have been seen on a
+/// replicated work queue before the sweep takes it as dead: longer than the stream's leader
+/// takes to remove most messages acknowledged while the stream had no leader (2 to 2.5
+/// minutes, see the module docs).
 pub const REPLICATED_REMOVAL_LAG: Duration = Duration::from_secs(180);
 
 /// How long the sweep waits for a consumer to say whether it applied a message.
@@ -213,55 +212,44 @@ impl Sweep {
                     Some(c) => *c,
                     None => Candidate { first_seen: now, live: Duration::ZERO },
                 };
-                let in_flight = info.num_ack_pending > 0 && candidate.live < settle;
-                let removal_may_be_late = replicated && now - candidate.first_seen < REPLICATED_REMOVAL_LAG;
-                if in_flight || removal_may_be_late {
-                    still.insert(key, candidate);
+                if info.num_ack_pending > 0 && candidate.live < settle {
+                    still.insert(key, candidate); // Maybe in flight.
                     continue;
                 }
-                // The consumer keeps the delivery count of every message it gave up on
-                // (`num_redelivered` counts them with those being redelivered). With nothing in
-                // flight and none counted, it gave up on nothing: this message was acknowledged
-                // and the stream never removed it (see the module docs). Remove it, as the
-                // broker should have; it is not a dead letter.
-                if info.num_ack_pending == 0 && info.num_redelivered == 0 {
+                let seen_for = now - candidate.first_seen;
+                let asked = match capture::ce_id(&message.headers) {
+                    Some(id) => applied::ask(&client, ORDERS_STREAM, &info.name, id, ASK_DEADLINE).await,
+                    None => Asked::NoOne,
+                };
+                if let Asked::NoAnswer(reason) = &asked {
                     tracing::warn!(
                         consumer = %info.name,
                         stream_sequence = message.sequence,
-                        seen_for = ?(now - candidate.first_seen),
-                        "sweep: an acknowledged message the stream kept, removed"
+                        %reason,
+                        "sweep: its consumer did not say whether it applied the message; asking again next round"
                     );
-                    stream.delete_message(message.sequence).await.map_err(async_nats::Error::from)?;
-                    continue;
                 }
-                // The broker cannot tell, but the consumer can: ask it (see the module docs).
-                if let Some(id) = capture::ce_id(&message.headers) {
-                    match applied::ask(&client, ORDERS_STREAM, &info.name, id, ASK_DEADLINE).await {
-                        Asked::Applied(true) => {
-                            tracing::warn!(
-                                consumer = %info.name,
-                                stream_sequence = message.sequence,
-                                message_id = %id,
-                                seen_for = ?(now - candidate.first_seen),
-                                "sweep: a message its consumer applied, still in the stream, removed"
-                            );
-                            stream.delete_message(message.sequence).await.map_err(async_nats::Error::from)?;
-                            continue;
-                        }
-                        Asked::Applied(false) | Asked::NoOne => {}
-                        Asked::NoAnswer(why) => {
-                            tracing::warn!(
-                                consumer = %info.name,
-                                stream_sequence = message.sequence,
-                                message_id = %id,
-                                reason = %why,
-                                "sweep: its consumer did not say whether it applied the message; asking again next round"
-                            );
-                            still.insert(key, candidate);
-                            continue;
-                        }
+                // With a single delivery allowed nothing is ever redelivered: the count says nothing.
+                let nothing_counted =
+                    max_deliver > 1 && info.num_ack_pending == 0 && info.num_redelivered == 0;
+                let why = match fate(&asked, replicated, seen_for, nothing_counted) {
+                    Fate::Wait(why) => {
+                        tracing::debug!(consumer = %info.name, stream_sequence = message.sequence, why, "sweep: not yet");
+                        still.insert(key, candidate);
+                        continue;
                     }
-                }
+                    Fate::Remove(why) => {
+                        tracing::warn!(
+                            consumer = %info.name,
+                            stream_sequence = message.sequence,
+                            ?seen_for,
+                            "sweep: {why}: removed from the stream, not a dead letter"
+                        );
+                        stream.delete_message(message.sequence).await.map_err(async_nats::Error::from)?;
+                        continue;
+                    }
+                    Fate::Dead(why) => why,
+                };
                 // What the consumer said, for whoever reviews a dead letter the sweep found.
                 tracing::warn!(
                     consumer = %info.name,
@@ -270,9 +258,9 @@ impl Sweep {
                     ack_floor = info.ack_floor.stream_sequence,
                     delivered,
                     redelivered = info.num_redelivered,
-                    seen_for = ?(now - candidate.first_seen),
+                    ?seen_for,
                     live_for = ?candidate.live,
-                    "sweep: a message delivered and not finished with, taken as dead"
+                    "sweep: a message delivered and not finished with, taken as dead: {why}"
                 );
                 let advisory = MaxDeliveriesAdvisory {
                     kind: MAX_DELIVERIES_TYPE.to_owned(),
@@ -294,6 +282,34 @@ impl Sweep {
     }
 }
 
+/// What the sweep does with a message delivered, not finished with and not in flight.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Look again next round.
+    Wait(&'static str),
+    /// Its work is done and the stream kept it: delete it.
+    Remove(&'static str),
+    /// Its consumer gave up on it: capture it.
+    Dead(&'static str),
+}
+
+/// The consumer's answer decides; without one, the time the message was seen and whether the
+/// consumer counts nothing ack pending or redelivered (see the module docs).
+fn fate(asked: &Asked, replicated: bool, seen_for: Duration, nothing_counted: bool) -> Fate {
+    match asked {
+        Asked::Applied(true) => Fate::Remove("its consumer applied it"),
+        Asked::Applied(false) => Fate::Dead("its consumer did not apply it"),
+        Asked::NoAnswer(_) => Fate::Wait("its consumer did not say whether it applied it"),
+        Asked::NoOne if replicated && seen_for < REPLICATED_REMOVAL_LAG => {
+            Fate::Wait("on a replicated stream, its removal may be late")
+        }
+        Asked::NoOne if nothing_counted => {
+            Fate::Remove("nothing ack pending or redelivered: an acknowledged message the stream kept")
+        }
+        Asked::NoOne => Fate::Dead("no one answers for its consumer, and its figures say it gave up"),
+    }
+}
+
 /// How long a consumer can keep trying one message: its redelivery waits over `max_deliver`
 /// deliveries (the last BackOff value repeats; without BackOff, the ack wait each time).
 pub fn schedule(backoff: &[Duration], ack_wait: Duration, max_deliver: u64) -> Duration {
@@ -305,6 +321,23 @@ pub fn schedule(backoff: &[Duration], ack_wait: Duration, max_deliver: u64) -> D
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_consumers_answer_decides_and_without_one_its_figures_after_the_wait() {
+        let (minute, lag) = (Duration::from_secs(60), REPLICATED_REMOVAL_LAG);
+        for replicated in [false, true] {
+            assert!(matches!(fate(&Asked::Applied(true), replicated, minute, false), Fate::Remove(_)));
+            assert!(matches!(fate(&Asked::Applied(false), replicated, minute, true), Fate::Dead(_)));
+            assert!(matches!(
+                fate(&Asked::NoAnswer("timed out".into()), replicated, lag, false),
+                Fate::Wait(_)
+            ));
+        }
+        assert!(matches!(fate(&Asked::NoOne, false, Duration::ZERO, false), Fate::Dead(_)));
+        assert!(matches!(fate(&Asked::NoOne, true, minute, false), Fate::Wait(_)));
+        assert!(matches!(fate(&Asked::NoOne, true, lag, false), Fate::Dead(_)));
+        assert!(matches!(fate(&Asked::NoOne, true, lag, true), Fate::Remove(_)));
+    }
 
     #[test]
     fn the_schedule_is_the_sum_of_the_waits_the_last_repeating() {

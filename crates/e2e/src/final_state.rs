@@ -50,9 +50,9 @@ pub struct Expected {
     pub scarce_units: i64,
     /// Poison messages the test published on `orders.new` itself (not through order-api).
     pub poison_messages: u64,
-    /// How long the pipeline may take to settle after the load: [`SETTLE`] on one server, more
-    /// on a cluster, where the sweep waits minutes before it takes a message as dead
-    /// (`dlq_service::sweep::REPLICATED_REMOVAL_LAG`).
+    /// How long the pipeline may take to settle after the load: [`SETTLE`], or more where a
+    /// test expects a slower path (on a cluster whose workers do not answer the sweep, it
+    /// waits `dlq_service::sweep::REPLICATED_REMOVAL_LAG` before it takes a message as dead).
     pub settle: Duration,
 }
 
