@@ -31,7 +31,9 @@
 //! NATS request/reply, answered by one of its processes from `processed_messages`):
 //! - "applied": its work is committed; it is removed from the stream, not dead-lettered;
 //! - "not applied": it is dead, and captured;
-//! - no answer in time, or "cannot say" (its database is down): asked again next round;
+//! - no answer in time ([`ASK_DEADLINE`]), or "cannot say" (its database is down): asked
+//!   again next round. One unanswered question ends the questions to that consumer for the
+//!   round, so a hung consumer costs one deadline per round, not one per message;
 //! - no process answers (none runs, or the consumer takes no such questions): the sweep
 //!   decides from the consumer's figures alone. On a single server the message is dead. On a
 //!   replicated stream it is taken as dead only once seen for [`REPLICATED_REMOVAL_LAG`], and
@@ -141,7 +143,7 @@ pub async fn run(
 pub const REPLICATED_REMOVAL_LAG: Duration = Duration::from_secs(180);
 
 /// How long the sweep waits for a consumer to say whether it applied a message.
-const ASK_DEADLINE: Duration = Duration::from_secs(5);
+pub const ASK_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A message seen delivered and not finished with.
 #[derive(Debug, Clone, Copy)]
@@ -194,6 +196,7 @@ impl Sweep {
             let live =
                 info.num_waiting > 0 || previous.is_some_and(|p| p != info.delivered.consumer_sequence);
             let mut next = 1;
+            let mut silent = false;
             while next <= delivered {
                 // From the stream's leader, not by a direct get: any replica answers those, and
                 // one that is catching up after a restart can still hold removed messages.
@@ -218,10 +221,17 @@ impl Sweep {
                 }
                 let seen_for = now - candidate.first_seen;
                 let asked = match capture::ce_id(&message.headers) {
+                    // One question unanswered is enough for this round: a consumer that does
+                    // not answer would otherwise cost the deadline once per message.
+                    Some(_) if silent => {
+                        Asked::NoAnswer("it did not answer earlier in this round".to_owned())
+                    }
                     Some(id) => applied::ask(&client, ORDERS_STREAM, &info.name, id, ASK_DEADLINE).await,
                     None => Asked::NoOne,
                 };
-                if let Asked::NoAnswer(reason) = &asked {
+                if let Asked::NoAnswer(reason) = &asked
+                    && !std::mem::replace(&mut silent, true)
+                {
                     tracing::warn!(
                         consumer = %info.name,
                         stream_sequence = message.sequence,

@@ -379,6 +379,63 @@ async fn the_sweep_asks_the_consumer_and_dead_letters_only_what_it_did_not_apply
     assert_eq!(dlq.outbox_count("order_events.dead_lettered").await, 1);
 }
 
+/// Row 11, a consumer that takes the sweep's question and never answers (a hung worker): its
+/// dead messages are not captured meanwhile, and a round asks about one of them only (the next
+/// round asks about the same one again), so a silent consumer costs one deadline per round, not
+/// one per message. Once a process answers, they are all captured.
+#[tokio::test]
+async fn the_sweep_captures_nothing_while_the_consumer_does_not_answer_and_asks_again() {
+    use contract::dead_letter::applied_query;
+    use shared::messaging::consumer::applied::Answerer;
+    let servers = Servers::start().await;
+    let js = servers.nats.jetstream().await;
+    let mut dead = Vec::new();
+    for _ in 0..3 {
+        let message = OutgoingMessage::event(&order(1), "order-api");
+        publish_message(&js, &message).await;
+        dead.push(message.message_id);
+    }
+    let consumer = short_lived_consumer(&js, ORDERS_STREAM, "orders.new", "inventory-worker").await;
+    let failing = fail_every_delivery(consumer);
+    wait_until("the MAX_DELIVERIES advisories are stored", Duration::from_secs(15), || async {
+        let unprocessed = js.get_stream(UNPROCESSED_STREAM).await.ok()?;
+        (unprocessed.cached_info().state.messages >= 3).then_some(())
+    })
+    .await;
+    failing.abort();
+    js.get_stream(UNPROCESSED_STREAM).await.unwrap().purge().await.unwrap();
+    let question = applied_query(ORDERS_STREAM, "inventory-worker");
+    let mut hung = js.client().queue_subscribe(question, "inventory-worker".to_owned()).await.unwrap();
+    js.client().flush().await.unwrap();
+    let pool = servers.migrate().await;
+
+    let dlq = spawn_dlq_on(servers, &[("DLQ_SWEEP_INTERVAL", "200ms")]).await;
+    let mut asked_about = Vec::new();
+    for _ in 0..2 {
+        let question = tokio::time::timeout(Duration::from_secs(15), hung.next()).await.unwrap().unwrap();
+        asked_about.push(String::from_utf8(question.payload.to_vec()).unwrap());
+    }
+    assert_eq!(asked_about, [dead[0].to_string(), dead[0].to_string()], "one question per round");
+    assert_eq!(dlq.rows().await, 0, "nothing is captured while its consumer does not answer");
+
+    drop(hung);
+    let answering = tokio_util::sync::CancellationToken::new();
+    let answerer = Answerer {
+        nats: js.client(),
+        pool,
+        stream: ORDERS_STREAM.to_owned(),
+        consumer: "inventory-worker".to_owned(),
+    };
+    tokio::spawn(answerer.run(answering.clone()));
+    let _stop_answering = answering.drop_guard();
+    dlq.wait_for_rows(3).await;
+    let mut recorded: Vec<Uuid> =
+        sqlx::query_scalar("SELECT message_id FROM dead_letters").fetch_all(&dlq.pool).await.unwrap();
+    recorded.sort();
+    dead.sort();
+    assert_eq!(recorded, dead);
+}
+
 /// Row 13: a payload Postgres `jsonb` cannot hold (a NUL) is recorded exactly, not retried.
 #[tokio::test]
 async fn a_payload_with_a_nul_character_is_recorded_losslessly() {
