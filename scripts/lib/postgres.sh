@@ -1,8 +1,24 @@
 # Helpers to run a private Postgres server from Debian's binaries (sourced by scripts).
 # Postgres refuses to run as root; as root, its tools run as the `postgres` user.
 
+# free_port: a port free on 127.0.0.1, below the kernel's ephemeral range, where no outgoing
+# connection can take it before the server binds it (see free_port in crates/test-support).
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 - <<'PY'
+import random, socket
+try:
+    low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+except (OSError, ValueError):
+    low = 32768
+while True:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", random.randrange(10000, low) if low > 11000 else 0))
+        except OSError:
+            continue
+        print(s.getsockname()[1])
+        break
+PY
 }
 
 as_postgres() {

@@ -78,10 +78,62 @@ where
     }
 }
 
-/// A free TCP port on 127.0.0.1 (the OS picks it; it is released for the caller to bind).
+/// A free TCP port on 127.0.0.1, for a server the caller is about to start.
+///
+/// The port must stay free from now until the server binds it, so it is chosen **below the
+/// kernel's ephemeral range** (`net.ipv4.ip_local_port_range`, 32768 to 60999 by default).
+/// A port in that range can be taken meanwhile as the source port of any outgoing
+/// connection. That was seen here: a node of a test cluster dialled another's route port
+/// before it listened, the kernel picked that same port as the source, the socket connected
+/// to itself, and the node then could not bind its port. Below the range only another test
+/// choosing a port can take it, so each choice is also reserved for a while with a file in
+/// the temporary directory that other test processes respect.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local address").port()
+    use std::hash::{BuildHasher, Hasher};
+    const LOWEST: u16 = 10_000;
+    let below = ephemeral_ports_start();
+    if below <= LOWEST + 1_000 {
+        // Too little room below the range on this machine: take what the kernel gives.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        return listener.local_addr().expect("local address").port();
+    }
+    loop {
+        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        let port = LOWEST + (random % u64::from(below - LOWEST)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() && reserve_port(port) {
+            return port;
+        }
+    }
+}
+
+/// The first port of the kernel's ephemeral range (32768 if it cannot be read).
+fn ephemeral_ports_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
+}
+
+/// Claims `port` for this test process: false if another claimed it in the last 10 minutes
+/// (its server may not be listening yet). Claims are files, kept until they are stale.
+fn reserve_port(port: u16) -> bool {
+    const STALE: std::time::Duration = std::time::Duration::from_secs(600);
+    let dir = std::env::temp_dir().join("orders-test-ports");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true; // No claims on this machine: the bind check alone.
+    }
+    let claim = dir.join(port.to_string());
+    let create = || std::fs::OpenOptions::new().write(true).create_new(true).open(&claim);
+    match create() {
+        Ok(_) => true,
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+            let age =
+                std::fs::metadata(&claim).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            // A stale claim is taken over; of two processes doing so at once, one wins.
+            age.is_some_and(|age| age > STALE) && std::fs::remove_file(&claim).is_ok() && create().is_ok()
+        }
+        Err(_) => true,
+    }
 }
 
 /// Where tests write the logs of the servers and services they start, kept after the run.
