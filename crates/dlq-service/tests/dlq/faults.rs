@@ -93,6 +93,42 @@ async fn still_in(js: &jetstream::Context, stream: &str, sequence: u64) -> bool 
     js.get_stream(stream).await.unwrap().get_raw_message(sequence).await.is_ok()
 }
 
+/// Publishes `n` orders, lets a consumer that never acknowledges give up on each, then loses
+/// their MAX_DELIVERIES advisories (purges `orders_unprocessed`), as a restart or a failover
+/// can. Returns each order's message with its stream sequence.
+async fn given_up_on_with_advisories_lost(js: &jetstream::Context, n: u64) -> Vec<(OutgoingMessage, u64)> {
+    let mut messages = Vec::new();
+    for _ in 0..n {
+        let message = OutgoingMessage::event(&order(1), "order-api");
+        let sequence = publish_message(js, &message).await;
+        messages.push((message, sequence));
+    }
+    let consumer = short_lived_consumer(js, ORDERS_STREAM, "orders.new", "inventory-worker").await;
+    let failing = fail_every_delivery(consumer);
+    wait_until("the MAX_DELIVERIES advisories are stored", Duration::from_secs(15), || async {
+        let unprocessed = js.get_stream(UNPROCESSED_STREAM).await.ok()?;
+        (unprocessed.cached_info().state.messages >= n).then_some(())
+    })
+    .await;
+    failing.abort();
+    js.get_stream(UNPROCESSED_STREAM).await.unwrap().purge().await.unwrap();
+    messages
+}
+
+/// Answers the sweep's question for `inventory-worker` as its workers do, from `pool`'s
+/// `processed_messages`, until the guard is dropped.
+fn answer_as_the_workers(js: &jetstream::Context, pool: sqlx::PgPool) -> tokio_util::sync::DropGuard {
+    let answering = tokio_util::sync::CancellationToken::new();
+    let answerer = shared::messaging::consumer::applied::Answerer {
+        nats: js.client(),
+        pool,
+        stream: ORDERS_STREAM.to_owned(),
+        consumer: "inventory-worker".to_owned(),
+    };
+    tokio::spawn(answerer.run(answering.clone()));
+    answering.drop_guard()
+}
+
 /// Row 1: the projection's consumer gives up on an event; it must become a dead letter, stay
 /// in `order_events` for its other readers, and not mark the order dead.
 #[tokio::test]
@@ -312,22 +348,11 @@ async fn the_sweep_tells_a_lost_dead_letter_from_messages_in_flight() {
 /// dead letter.
 #[tokio::test]
 async fn the_sweep_asks_the_consumer_and_dead_letters_only_what_it_did_not_apply() {
-    use shared::messaging::consumer::applied::{Answerer, Asked, ask};
+    use shared::messaging::consumer::applied::{Asked, ask};
     let servers = Servers::start().await;
     let js = servers.nats.jetstream().await;
-    let (dead, applied) =
-        (OutgoingMessage::event(&order(1), "order-api"), OutgoingMessage::event(&order(1), "order-api"));
-    let dead_sequence = publish_message(&js, &dead).await;
-    let applied_sequence = publish_message(&js, &applied).await;
-    let consumer = short_lived_consumer(&js, ORDERS_STREAM, "orders.new", "inventory-worker").await;
-    let failing = fail_every_delivery(consumer);
-    wait_until("both MAX_DELIVERIES advisories are stored", Duration::from_secs(15), || async {
-        let unprocessed = js.get_stream(UNPROCESSED_STREAM).await.ok()?;
-        (unprocessed.cached_info().state.messages >= 2).then_some(())
-    })
-    .await;
-    failing.abort();
-    js.get_stream(UNPROCESSED_STREAM).await.unwrap().purge().await.unwrap();
+    let [(dead, dead_sequence), (applied, applied_sequence)]: [_; 2] =
+        given_up_on_with_advisories_lost(&js, 2).await.try_into().unwrap();
 
     // The consumer's record says it applied one of them; its answerer tells the sweep so.
     let pool = servers.migrate().await;
@@ -339,15 +364,7 @@ async fn the_sweep_asks_the_consumer_and_dead_letters_only_what_it_did_not_apply
     .execute(&pool)
     .await
     .unwrap();
-    let answering = tokio_util::sync::CancellationToken::new();
-    let answerer = Answerer {
-        nats: js.client(),
-        pool,
-        stream: ORDERS_STREAM.to_owned(),
-        consumer: "inventory-worker".to_owned(),
-    };
-    tokio::spawn(answerer.run(answering.clone()));
-    let _stop_answering = answering.drop_guard();
+    let _answering = answer_as_the_workers(&js, pool);
     let client = js.client();
     wait_until("the consumer answers", Duration::from_secs(5), || async {
         let asked =
@@ -386,24 +403,13 @@ async fn the_sweep_asks_the_consumer_and_dead_letters_only_what_it_did_not_apply
 #[tokio::test]
 async fn the_sweep_captures_nothing_while_the_consumer_does_not_answer_and_asks_again() {
     use contract::dead_letter::applied_query;
-    use shared::messaging::consumer::applied::Answerer;
     let servers = Servers::start().await;
     let js = servers.nats.jetstream().await;
-    let mut dead = Vec::new();
-    for _ in 0..3 {
-        let message = OutgoingMessage::event(&order(1), "order-api");
-        publish_message(&js, &message).await;
-        dead.push(message.message_id);
-    }
-    let consumer = short_lived_consumer(&js, ORDERS_STREAM, "orders.new", "inventory-worker").await;
-    let failing = fail_every_delivery(consumer);
-    wait_until("the MAX_DELIVERIES advisories are stored", Duration::from_secs(15), || async {
-        let unprocessed = js.get_stream(UNPROCESSED_STREAM).await.ok()?;
-        (unprocessed.cached_info().state.messages >= 3).then_some(())
-    })
-    .await;
-    failing.abort();
-    js.get_stream(UNPROCESSED_STREAM).await.unwrap().purge().await.unwrap();
+    let mut dead: Vec<Uuid> = given_up_on_with_advisories_lost(&js, 3)
+        .await
+        .iter()
+        .map(|(message, _)| message.message_id)
+        .collect();
     let question = applied_query(ORDERS_STREAM, "inventory-worker");
     let mut hung = js.client().queue_subscribe(question, "inventory-worker".to_owned()).await.unwrap();
     js.client().flush().await.unwrap();
@@ -419,15 +425,7 @@ async fn the_sweep_captures_nothing_while_the_consumer_does_not_answer_and_asks_
     assert_eq!(dlq.rows().await, 0, "nothing is captured while its consumer does not answer");
 
     drop(hung);
-    let answering = tokio_util::sync::CancellationToken::new();
-    let answerer = Answerer {
-        nats: js.client(),
-        pool,
-        stream: ORDERS_STREAM.to_owned(),
-        consumer: "inventory-worker".to_owned(),
-    };
-    tokio::spawn(answerer.run(answering.clone()));
-    let _stop_answering = answering.drop_guard();
+    let _answering = answer_as_the_workers(&js, pool);
     dlq.wait_for_rows(3).await;
     let mut recorded: Vec<Uuid> =
         sqlx::query_scalar("SELECT message_id FROM dead_letters").fetch_all(&dlq.pool).await.unwrap();
